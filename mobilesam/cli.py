@@ -1,0 +1,136 @@
+"""The `mobilesam` console command: `predict`, `info` (and the subcommands other modules register)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def _floats(text: str, n: int, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != n:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} must be {n} comma-separated numbers")
+    return values
+
+
+def _point_set(text: str) -> list[list[float]]:
+    """'x,y' or 'x,y;x,y' (several points on one object)."""
+    return [_floats(p, 2, "point") for p in text.split(";")]
+
+
+def _box(text: str) -> list[float]:
+    return _floats(text, 4, "box")
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="image file")
+    p.add_argument("--checkpoint", default="mobile_sam.pt", help="weights file (default: mobile_sam.pt)")
+    p.add_argument(
+        "--points",
+        nargs="+",
+        type=_point_set,
+        default=None,
+        metavar="X,Y[;X,Y]",
+        help="one object per argument; several points on one object are joined with ';'",
+    )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        metavar="L[;L]",
+        help="labels nested like --points (1 positive, 0 negative); default all positive",
+    )
+    p.add_argument("--boxes", nargs="+", type=_box, default=None, metavar="X1,Y1,X2,Y2", help="one box per object")
+    p.add_argument("--multimask", action="store_true", help="three masks per object")
+    p.add_argument("--out", default=None, help="overlay PNG to write (default: IMAGE_masks.png beside the image)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument(
+        "--img-size", type=int, default=None, help="input size (default: the checkpoint's sidecar, else 1024)"
+    )
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .io import ImageReadError
+    from .model import SAM
+    from .prompts import PromptError
+
+    # N objects x K points x 2, labels N x K: parse_points reads this nesting directly
+    labels = [[int(v) for v in group.split(";")] for group in args.labels] if args.labels else None
+    model = SAM(args.checkpoint, device=args.device, img_size=args.img_size)
+    try:
+        (result,) = model.predict(
+            args.image, points=args.points, labels=labels, bboxes=args.boxes, multimask_output=args.multimask
+        )
+    except (PromptError, ImageReadError) as e:
+        raise SystemExit(f"error: {e}") from e
+    out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + "_masks.png")
+    result.save(out)
+    for i, (score, box, mask) in enumerate(zip(result.scores, result.boxes, result.masks)):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        print(f"mask {i}: score {score:.3f}  area {int(mask.sum())} px  box [{x1}, {y1}, {x2}, {y2}]")
+    print(f"overlay written to {out}")
+    return 0
+
+
+def _add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a mobile_sam.pt or SAM .pth file")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from .build import build_sam, infer_variant
+    from .checkpoint import CheckpointError, load_state_dict, read_sidecar, sha256_file
+
+    path = Path(args.checkpoint)
+    state = load_state_dict(path)
+    meta = read_sidecar(path)
+    print(f"file       {path} ({path.stat().st_size / 2**20:.1f} MiB, sha256 {sha256_file(path)[:16]}...)")
+    print(f"keys       {len(state)}")
+    try:
+        variant = infer_variant(state)
+    except CheckpointError as e:
+        print(f"variant    unknown: {e}")
+        return 1
+    print(f"variant    {variant}")
+    print(f"sidecar    {'img_size ' + str(meta.get('img_size')) if meta else 'none (official 1024 assumed)'}")
+    try:
+        model = build_sam(variant, path)
+    except CheckpointError as e:
+        print(f"strict     FAILS\n{e}")
+        return 1
+    print("strict     loads strictly")
+    for name in ("image_encoder", "prompt_encoder", "mask_decoder"):
+        n = sum(p.numel() for p in getattr(model, name).parameters())
+        print(f"{name:<15}{n / 1e6:8.3f} M parameters")
+    print(f"{'total':<15}{sum(p.numel() for p in model.parameters()) / 1e6:8.3f} M parameters")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mobilesam", description="MobileSAM and SAM from the command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "predict": ("segment prompted objects and write an overlay PNG", _add_predict, _run_predict),
+        "info": ("describe a checkpoint and check that it loads strictly", _add_info, _run_info),
+    }
+    for name, (help, add, run) in commands.items():
+        p = sub.add_parser(name, help=help, description=help)
+        add(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with torch.no_grad():
+        return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""`SAM`: the Ultralytics-style facade, `SAM("mobile_sam.pt").predict(image, points=..., labels=..., bboxes=...)`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .build import build_sam
+from .io import ImageSource, load_image
+from .masks import masks_to_boxes
+from .predictor import SamPredictor
+from .prompts import PromptError, check_inside, parse_boxes, parse_points
+from .viz import overlay
+
+
+@dataclass
+class Results:
+    """The masks predicted for one image.
+
+    Attributes:
+        orig_img: HxWx3 uint8 RGB image the masks belong to.
+        masks: NxHxW bool masks at the original size (object-major: 3 per object with multimask output).
+        scores: N predicted IoUs.
+        boxes: Nx4 XYXY tight boxes of the masks, in pixels (x2, y2 inclusive; zeros for an empty mask).
+        path: the image's path when it came from a file.
+    """
+
+    orig_img: np.ndarray
+    masks: Tensor
+    scores: Tensor
+    boxes: Tensor
+    path: str | None = None
+    prompts: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def plot(self) -> Image.Image:
+        """The image with every mask blended in, mask boxes outlined and the prompt points drawn."""
+        return overlay(
+            self.orig_img,
+            self.masks.numpy(),
+            boxes=self.boxes.numpy(),
+            points=self.prompts.get("points"),
+            labels=self.prompts.get("labels"),
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes `plot()` to an image file (PNG recommended)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.plot().save(path)
+        return path
+
+
+class SAM:
+    """Loads a checkpoint once and predicts masks for images and prompts.
+
+    Args:
+        checkpoint: `mobile_sam.pt`, `sam_vit_b_01ec64.pth`, ...; None builds random `vit_t` weights (tests, demos).
+        device: "cuda", "cpu", ...; None takes CUDA when available.
+        variant: "auto" reads it from the file.
+        img_size: None takes the file's sidecar, else 1024.
+        bf16: run under bfloat16 autocast (CUDA only; masks differ slightly from float32).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = "mobile_sam.pt",
+        device: str | torch.device | None = None,
+        variant: str = "auto",
+        img_size: int | None = None,
+        bf16: bool = False,
+    ) -> None:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if bf16 and device.type != "cuda":
+            raise ValueError(f"bf16=True needs a CUDA device, got {device}; leave bf16 off on CPU")
+        self.checkpoint = checkpoint
+        self.model = build_sam(variant, checkpoint, img_size)
+        self.model.to(device)
+        self.predictor = SamPredictor(self.model, autocast_dtype=torch.bfloat16 if bf16 else None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[Results]:
+        return self.predict(*args, **kwargs)
+
+    def predict(
+        self,
+        source: ImageSource | Sequence[ImageSource],
+        points: Any = None,
+        labels: Any = None,
+        bboxes: Any = None,
+        multimask_output: bool = False,
+    ) -> list[Results]:
+        """Segments the prompted objects in one image or a list of images (the same prompts for each).
+
+        Args:
+            source: a path, PIL image, HxWx3 uint8 array, or a list of them.
+            points: `[x, y]` (one object), `[[x, y], [x, y]]` (one point per object) or `[[[x, y], [x, y]]]`
+                (several points on one object), in pixels of the original image.
+            labels: the points' labels nested the same way (1 positive, 0 negative); None means all positive.
+            bboxes: `[x1, y1, x2, y2]` or a list of boxes; with points, box i and point set i are one object.
+            multimask_output: three masks per object (object-major) instead of one.
+
+        Returns:
+            One `Results` per image.
+        """
+        sources = list(source) if isinstance(source, (list, tuple)) else [source]
+        if points is None and labels is not None:
+            raise PromptError("labels were given without points")
+        pts, labs = parse_points(points, labels) if points is not None else (None, None)
+        boxes = parse_boxes(bboxes) if bboxes is not None else None
+        if pts is not None and boxes is not None and len(pts) != len(boxes):
+            raise PromptError(
+                f"{len(pts)} point sets and {len(boxes)} boxes were given; with both, object i takes point set i and "
+                "box i, so the counts must match"
+            )
+        if pts is None and boxes is None:
+            return [self._everything(s) for s in sources]
+        return [self._predict_one(s, pts, labs, boxes, multimask_output) for s in sources]
+
+    def _predict_one(
+        self,
+        source: ImageSource,
+        pts: np.ndarray | None,
+        labs: np.ndarray | None,
+        boxes: np.ndarray | None,
+        multimask_output: bool,
+    ) -> Results:
+        image = load_image(source)
+        size = image.shape[:2]
+        if pts is not None:
+            check_inside(pts, size, "point")
+        if boxes is not None:
+            check_inside(boxes.reshape(-1, 2), size, "box corner")
+        p = self.predictor
+        p.set_image(image)
+        dev = self.device
+        coords = labels = tboxes = None
+        if pts is not None:
+            coords = torch.as_tensor(p.transform.apply_coords(pts, size), dtype=torch.float, device=dev)
+            labels = torch.as_tensor(labs, dtype=torch.int, device=dev)
+        if boxes is not None:
+            tboxes = torch.as_tensor(p.transform.apply_boxes(boxes, size), dtype=torch.float, device=dev)
+        masks, iou, _ = p.predict_torch(coords, labels, tboxes, multimask_output=multimask_output)
+        masks = masks.flatten(0, 1).cpu()  # objects x C x H x W -> (objects*C) x H x W, object-major
+        prompts = {"points": pts, "labels": labs, "boxes": boxes}
+        return Results(
+            orig_img=image,
+            masks=masks,
+            scores=iou.flatten().cpu(),
+            boxes=masks_to_boxes(masks),
+            path=str(source) if isinstance(source, (str, os.PathLike)) else None,
+            prompts=prompts,
+        )
+
+    def _everything(self, source: ImageSource) -> Results:
+        raise NotImplementedError("segment-everything (no prompts) is not available yet; pass points or bboxes")

@@ -1,0 +1,184 @@
+"""`SamPredictor`: segment-anything's predictor API (embed an image once, then decode many prompts)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .io import array_to_rgb
+from .modeling import Sam
+from .prompts import check_inside, check_point_shapes
+from .transforms import ResizeLongestSide
+
+
+class SamPredictor:
+    """Computes the image embedding once with `set_image`, then predicts masks for prompts with `predict`.
+
+    Args:
+        sam_model: the model (any variant).
+        autocast_dtype: e.g. `torch.bfloat16` to run under autocast on CUDA; outputs are float32 either way.
+    """
+
+    def __init__(self, sam_model: Sam, autocast_dtype: torch.dtype | None = None) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.autocast_dtype = autocast_dtype
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.autocast_dtype is None:
+            yield
+        else:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                yield
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Embeds an HxWx3 uint8 image (grayscale, RGBA and 16-bit arrays are converted, see `mobilesam.io`).
+
+        Args:
+            image: HxWxC array, values in [0, 255] for uint8.
+            image_format: "RGB" or "BGR".
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = array_to_rgb(np.asarray(image))
+        if image_format != self.model.image_format:
+            image = np.ascontiguousarray(image[..., ::-1])
+        resized = self.transform.apply_image(image)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None]  # HWC -> 1xCxHxW, uint8
+        self.set_torch_image(tensor, image.shape[:2])
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Embeds a 1x3xhxw image already resized with `ResizeLongestSide` (uint8 or float in [0, 255])."""
+        size = self.model.image_encoder.img_size
+        shape = tuple(transformed_image.shape)
+        if len(shape) != 4 or shape[1] != 3 or max(shape[2:]) != size:
+            raise ValueError(
+                f"set_torch_image needs a 1x3xHxW tensor whose long side is {size}, got {shape}; resize it with "
+                "ResizeLongestSide first, or call set_image with the original array"
+            )
+        self.reset_image()
+        self.original_size = tuple(int(s) for s in original_image_size)
+        self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
+        with self._autocast():
+            features = self.model.image_encoder(self.model.preprocess(transformed_image))
+        self.features = features.float()
+        self.is_image_set = True
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predicts masks for one object from prompts in original-image pixels.
+
+        Args:
+            point_coords: Nx2 (x, y) points; the N points describe one object.
+            point_labels: N labels, 1 positive, 0 negative.
+            box: one XYXY box (4 values).
+            mask_input: 1xHxW low-resolution logits from a previous call (H = W = img_size / 4).
+            multimask_output: three candidate masks instead of one.
+            return_logits: mask logits instead of booleans.
+
+        Returns:
+            CxHxW masks at the original size, C IoU predictions, and Cx(img_size/4)^2 low-resolution logits.
+        """
+        self._require_image()
+        coords = labels = boxes = masks = None
+        if point_coords is not None:
+            point_coords, point_labels = np.asarray(point_coords), point_labels
+            if point_labels is not None:
+                point_labels = np.asarray(point_labels)
+            check_point_shapes(point_coords, point_labels, batched=False)
+            check_inside(point_coords, self.original_size, "point")
+            coords = torch.as_tensor(
+                self.transform.apply_coords(point_coords, self.original_size), dtype=torch.float, device=self.device
+            )[None]
+            labels = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            box = np.asarray(box, dtype=float)
+            if box.size != 4:
+                raise ValueError(f"box must hold 4 values [x1, y1, x2, y2], got shape {box.shape}")
+            check_inside(box.reshape(2, 2), self.original_size, "box corner")
+            boxes = torch.as_tensor(
+                self.transform.apply_boxes(box, self.original_size), dtype=torch.float, device=self.device
+            )
+        if mask_input is not None:
+            masks = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)[None]
+        out_masks, iou, low_res = self.predict_torch(coords, labels, boxes, masks, multimask_output, return_logits)
+        return out_masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: Tensor | None,
+        point_labels: Tensor | None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Predicts masks for B prompt sets at once, prompts already in the resized frame.
+
+        Args:
+            point_coords: BxNx2 points (x, y) in the resized image's pixels; each row of N points is one object.
+            point_labels: BxN labels.
+            boxes: Bx4 XYXY boxes in the resized frame.
+            mask_input: Bx1x(img_size/4)^2 low-resolution logits.
+            multimask_output: three masks per prompt set instead of one.
+            return_logits: mask logits instead of booleans.
+
+        Returns:
+            BxCxHxW masks at the original size, BxC IoU predictions, BxCx(img_size/4)^2 low-resolution logits.
+        """
+        self._require_image()
+        points = None
+        if point_coords is not None:
+            check_point_shapes(point_coords, point_labels, batched=True)
+            points = (point_coords, point_labels)
+        if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
+            raise ValueError(f"boxes must be Bx4, got {tuple(boxes.shape)}")
+        if mask_input is not None:
+            want = self.model.prompt_encoder.mask_input_size
+            if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != (1, *want):
+                raise ValueError(f"mask_input must be Bx1x{want[0]}x{want[1]}, got {tuple(mask_input.shape)}")
+        with self._autocast():
+            sparse, dense = self.model.prompt_encoder(points, boxes, mask_input)
+            low_res, iou = self.model.mask_decoder(
+                self.features, self.model.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
+            )
+        low_res = low_res.float()
+        threshold = None if return_logits else self.model.mask_threshold
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size, threshold=threshold)
+        return masks, iou.float(), low_res
+
+    def get_image_embedding(self) -> Tensor:
+        """The 1xCxHxW embedding of the image set with `set_image` (C = 256, H = W = img_size / 16)."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) to generate an embedding.")
+        return self.features
+
+    def reset_image(self) -> None:
+        """Forgets the current image and its embedding."""
+        self.is_image_set = False
+        self.features: Tensor | None = None
+        self.original_size: tuple[int, ...] | None = None
+        self.input_size: tuple[int, ...] | None = None
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")

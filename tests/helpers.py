@@ -1,0 +1,48 @@
+"""Helpers shared by the tests: non-trivial random weights, the official reference models, error measures."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+
+def rel_err(a: Tensor, b: Tensor) -> float:
+    """DESIGN.md's relative error: max|a - b| / max|b| over the whole tensor."""
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@torch.no_grad()
+def perturb_(model: nn.Module, seed: int = 0, scale: float = 0.02) -> nn.Module:
+    """Makes random weights non-trivial: noise on every parameter, random BatchNorm statistics.
+
+    Fresh initialisations have zero biases, unit norms, zero relative-position tables and identity BatchNorm
+    statistics, under which a wrong bias index or a missing BN fold would go unnoticed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        p.add_(
+            torch.randn(p.shape, generator=g) * scale * (5 if "rel_pos" in name or "attention_biases" in name else 1)
+        )
+    for name, b in model.named_buffers():
+        if name.endswith("running_var"):
+            b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+        elif name.endswith("running_mean"):
+            b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+    return model
+
+
+def official_registry():
+    """The official MobileSAM registry (`mobilesam-mirror`), quietly imported."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mobile_sam import sam_model_registry
+    return sam_model_registry
+
+
+def refresh_official(model: nn.Module) -> nn.Module:
+    """The official TinyViT caches attention biases at .eval() time; rebuild them after weights change."""
+    model.train()
+    return model.eval()

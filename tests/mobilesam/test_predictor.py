@@ -1,0 +1,103 @@
+"""`SamPredictor` against the official predictor, and its errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mobilesam import SamPredictor
+from mobilesam.prompts import PromptError
+from tests.helpers import rel_err
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)  # landscape: the encoder input is padded
+    img[150:450, 200:500] = [200, 40, 40]
+    return img
+
+
+@pytest.fixture(scope="module")
+def predictors(vit_t_pair, image):
+    import mobile_sam
+
+    official, ours = vit_t_pair
+    ref = mobile_sam.SamPredictor(official)
+    ref.set_image(image)
+    own = SamPredictor(ours)
+    own.set_image(image)
+    return ref, own
+
+
+def test_embedding_matches_official(predictors):
+    ref, own = predictors
+    assert own.input_size == ref.input_size == (768, 1024)
+    assert rel_err(own.get_image_embedding(), ref.get_image_embedding()) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        dict(point_coords=np.array([[350, 300]]), point_labels=np.array([1])),
+        dict(point_coords=np.array([[350, 300], [700, 50]]), point_labels=np.array([1, 0])),
+        dict(box=np.array([190, 140, 510, 460])),
+        dict(box=np.array([190, 140, 510, 460]), point_coords=np.array([[350, 300]]), point_labels=np.array([0])),
+    ],
+    ids=["point", "two_points", "box", "box_and_point"],
+)
+@pytest.mark.parametrize("multimask", [True, False])
+def test_predict_matches_official(predictors, prompt, multimask):
+    ref, own = predictors
+    m_ref, iou_ref, low_ref = ref.predict(**prompt, multimask_output=multimask)
+    m, iou, low = own.predict(**prompt, multimask_output=multimask)
+    assert m.shape == m_ref.shape == ((3 if multimask else 1), 600, 800) and m.dtype == bool
+    assert rel_err(torch.from_numpy(low), torch.from_numpy(low_ref)) < 1e-3
+    assert rel_err(torch.from_numpy(iou), torch.from_numpy(iou_ref)) < 1e-3
+    assert (m == m_ref).mean() >= 0.999
+    # a mask input from the previous round
+    m2_ref, _, _ = ref.predict(**prompt, mask_input=low_ref[:1], multimask_output=False)
+    m2, _, _ = own.predict(**prompt, mask_input=low_ref[:1], multimask_output=False)
+    assert (m2 == m2_ref).mean() >= 0.999
+
+
+def test_predict_torch_batches_prompts(predictors):
+    _, own = predictors
+    pts = np.array([[350, 300], [100, 500], [780, 20]])
+    coords = torch.as_tensor(own.transform.apply_coords(pts, own.original_size), dtype=torch.float)[:, None]
+    masks, iou, low = own.predict_torch(coords, torch.ones(3, 1, dtype=torch.int), multimask_output=False)
+    assert masks.shape == (3, 1, 600, 800) and iou.shape == (3, 1) and low.shape == (3, 1, 256, 256)
+    for i, p in enumerate(pts):
+        _, iou_i, low_i = own.predict(p[None], np.array([1]), multimask_output=False)
+        assert rel_err(low[i], torch.from_numpy(low_i)) < 1e-4
+        assert abs(float(iou[i, 0]) - float(iou_i[0])) < 1e-4
+
+
+def test_errors_name_the_problem(vit_t_pair, predictors):
+    _, own = predictors
+    fresh = SamPredictor(vit_t_pair[1])
+    with pytest.raises(RuntimeError, match=r"set_image"):
+        fresh.predict(np.array([[1, 1]]), np.array([1]))
+    with pytest.raises(RuntimeError, match=r"set_image"):
+        fresh.get_image_embedding()
+    with pytest.raises(PromptError, match=r"\(3, 2\).*\(2,\)"):
+        own.predict(np.array([[1, 1], [2, 2], [3, 3]]), np.array([1, 0]))
+    with pytest.raises(PromptError, match="outside the 800x600"):
+        own.predict(np.array([[900, 10]]), np.array([1]))
+    with pytest.raises(PromptError, match="point_labels must be given"):
+        own.predict(np.array([[10, 10]]))
+    with pytest.raises(ValueError, match="4 values"):
+        own.predict(box=np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="image_format"):
+        own.set_image(np.zeros((4, 4, 3), np.uint8), image_format="RGBA")
+
+
+def test_bgr_input_is_flipped(vit_t_pair):
+    small = SamPredictor(vit_t_pair[1])
+    img = np.zeros((32, 48, 3), np.uint8)
+    img[..., 0] = 255
+    small.set_image(img)
+    a = small.get_image_embedding().clone()
+    small.set_image(img[..., ::-1].copy(), image_format="BGR")
+    assert torch.equal(a, small.get_image_embedding())
