@@ -85,14 +85,16 @@ def _tight_xywh(mask: np.ndarray) -> list[float]:
 
 
 def farthest_interior_point(mask: np.ndarray) -> list[float]:
-    """(x, y) pixel centre of the mask pixel farthest from the mask border (L2 distance transform); the image
-    centre for an empty mask."""
+    """(x, y) of the mask pixel farthest from the mask border (L2 distance transform, the image edge counting as
+    border; among ties the one nearest their mean); the image centre for an empty mask."""
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     if not m.any():
         return [m.shape[1] / 2.0, m.shape[0] / 2.0]
     dist = cv2.distanceTransform(np.pad(m, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]  # pad: the image edge is a border
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return [float(x), float(y)]
+    ys, xs = np.nonzero(dist >= dist.max() - 1e-3)
+    # ties (a ridge): the tied pixel nearest the ridge's mean, so a rectangle gives its centre
+    i = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
+    return [float(xs[i]), float(ys[i])]
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

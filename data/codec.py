@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -11,6 +12,10 @@ import torch
 import torchvision
 from PIL import Image
 from torch import Tensor
+
+# torchvision 0.29 marks its JPEG codec deprecated in favour of torchcodec; it is still the fastest decoder here
+# (3.5 ms for 1024x683 against 4.3 ms for OpenCV and 6.1 ms for Pillow, one core)
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
 EMBED_DIM = 256  # channels of every SAM image embedding
 PATCH = 16  # embedding grid = img_size / PATCH

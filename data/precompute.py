@@ -30,7 +30,7 @@ from .manifest import (
     write_json,
 )
 from .sources import InputError, InputRef, decode_image, list_folder, list_sa1b
-from .teacher import PRECISIONS, embed, load_teacher
+from .teacher import PRECISIONS, describe_teacher, embed, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg.get("limit") is not None:
         refs = refs[: int(cfg["limit"])]
 
-    device = _device(str(cfg.get("device", "auto")), local_rank)
-    model, teacher_info = load_teacher(teacher["variant"], teacher.get("checkpoint"), img_size, device)
+    teacher_info = describe_teacher(teacher["variant"], teacher.get("checkpoint"))
     plan = {
         "img_size": img_size,
         "encoding": encoding,
@@ -157,6 +156,8 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "shard_size": int(cfg["shard_size"]),
     }
     check_plan(out_dir, plan)
+    device = _device(str(cfg.get("device", "auto")), local_rank)
+    model, _ = load_teacher(teacher["variant"], teacher.get("checkpoint"), img_size, device)
     for stale in out_dir.glob(f".shard-r{rank:03d}-*.tmp"):  # half-written shards of a killed run
         stale.unlink()
 

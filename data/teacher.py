@@ -17,32 +17,34 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
-def load_teacher(
-    variant: str, checkpoint: str | None, img_size: int, device: str | torch.device, seed: int = 0
-) -> tuple[Sam, dict[str, Any]]:
-    """Builds the teacher in eval mode on `device` and describes it for the manifest.
-
-    checkpoint None gives random weights drawn with `seed` (the same on every rank and every resumed run), with a
-    loud warning: such embeddings are only good for tests and the demo.
-
-    Returns:
-        (model, {"variant", "checkpoint", "checkpoint_sha256" (or "random"), "seed"}).
-    """
-    if checkpoint is None:
-        msg = (
-            f"teacher.checkpoint is null: the {variant} teacher has RANDOM weights (seed {seed}). The embeddings are "
-            "useless for distillation; pass teacher.checkpoint=sam_vit_h_4b8939.pth for real ones."
-        )
-        log.warning(msg)
-        torch.manual_seed(seed)
-    model = build_sam(variant, checkpoint, img_size=img_size).to(device).eval()
-    info = {
+def describe_teacher(variant: str, checkpoint: str | None, seed: int = 0) -> dict[str, Any]:
+    """The manifest's record of a teacher: {"variant", "checkpoint", "checkpoint_sha256" (or "random"), "seed"}."""
+    return {
         "variant": variant,
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "checkpoint_sha256": "random" if checkpoint is None else sha256_file(checkpoint),
         "seed": seed if checkpoint is None else None,
     }
-    return model, info
+
+
+def load_teacher(
+    variant: str, checkpoint: str | None, img_size: int, device: str | torch.device, seed: int = 0
+) -> tuple[Sam, dict[str, Any]]:
+    """Builds the teacher in eval mode on `device`, with its `describe_teacher` record.
+
+    checkpoint None gives random weights drawn with `seed` (the same on every rank and every resumed run), with a
+    loud warning: such embeddings are only good for tests and the demo.
+    """
+    if checkpoint is None:
+        log.warning(
+            "teacher.checkpoint is null: the %s teacher has RANDOM weights (seed %d). The embeddings are useless for "
+            "distillation; pass teacher.checkpoint=sam_vit_h_4b8939.pth for real ones.",
+            variant,
+            seed,
+        )
+        torch.manual_seed(seed)
+    model = build_sam(variant, checkpoint, img_size=img_size).to(device).eval()
+    return model, describe_teacher(variant, checkpoint, seed)
 
 
 @contextlib.contextmanager
