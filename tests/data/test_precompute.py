@@ -104,9 +104,7 @@ def test_two_ranks_write_disjoint_shards_that_cover_every_input(sa1b_tars: list[
     second = run(cfg | {"rank": 0})
     assert second["manifest"] is not None
     m = read_manifest(out)
-    by_rank = {
-        r: {k for s in m["shards"] if s["rank"] == r for k in shard_keys(out / s["name"])} for r in (0, 1)
-    }
+    by_rank = {r: {k for s in m["shards"] if s["rank"] == r for k in shard_keys(out / s["name"])} for r in (0, 1)}
     assert by_rank[0].isdisjoint(by_rank[1]) and len(by_rank[0]) == len(by_rank[1]) == 3
     assert by_rank[0] | by_rank[1] == {"sa_1", "sa_10", "sa_11", "sa_12", "sa_2", "sa_3"}  # the first 6 keys
     with pytest.raises(ManifestError, match="world_size"):  # resuming with other settings is refused
