@@ -12,7 +12,17 @@ import torch
 from torch.utils.data import get_worker_info
 
 from .annotations import choose_masks, low_res_masks, prompts_in_frame
-from .codec import EMB_KEY, EMBED_DIM, PATCH, LazyEmbedding, ShardFormatError, as_bytes, decode_embedding, decode_jpeg
+from .codec import (
+    EMB_KEY,
+    EMBED_DIM,
+    PATCH,
+    Int8Embedding,
+    LazyEmbedding,
+    ShardFormatError,
+    as_bytes,
+    decode_embedding,
+    decode_jpeg,
+)
 
 # The precompute writes the sizes first, so they are read without parsing the (large) annotation list.
 _SIZES = re.compile(rb'^\{"orig_size": \[(\d+), (\d+)\], "size": \[(\d+), (\d+)\]')
@@ -91,8 +101,8 @@ def collate(samples: list[dict[str, Any]], img_size: int, masks_per_image: int =
         image[i, :, h:, :] = 0  # zero only the padding
         image[i, :, :h, w:] = 0
         e = x["embedding"]
-        if isinstance(e, LazyEmbedding):
-            e.copy_to(emb_np[i])  # from the file into the batch: the only copy
+        if isinstance(e, (LazyEmbedding, Int8Embedding)):
+            e.copy_to(emb_np[i])  # from the file (or the int8 codes) into the batch: the only copy
         else:
             np.copyto(emb_np[i], e)
     batch: dict[str, Any] = {

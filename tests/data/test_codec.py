@@ -39,7 +39,7 @@ def test_int8_encoding_error_is_bounded_and_small() -> None:
     e = _embedding()
     members = encode_embedding(e, "int8")
     assert sum(len(v) for v in members.values()) < 0.51 * len(encode_embedding(e, "float16")[EMB_KEY])
-    out = torch.from_numpy(decode_embedding(members, "int8", 16)).float()
+    out = torch.from_numpy(decode_embedding(members, "int8", 16).to_array()).float()
     err = (out - e).abs()
     # per channel the error is at most half a step (scale / 2) plus float16 rounding of the product
     step = e.abs().amax(dim=(1, 2)) / 127
