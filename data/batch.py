@@ -7,6 +7,7 @@ import math
 import re
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
@@ -88,16 +89,27 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
+def _copy_chw(src: torch.Tensor, dest: np.ndarray) -> None:
+    """3xhxw uint8 -> dest (3 planes, rows may be strided). The decoder's tensor is a CHW view of interleaved HWC
+    memory: OpenCV's channel split writes the planes straight into the batch (1.3 ms against 4.2 ms for torch's
+    strided copy, 1024x683 on one core)."""
+    hwc = src.permute(1, 2, 0).numpy()
+    if hwc.flags.c_contiguous:
+        cv2.mixChannels([hwc], [dest[0], dest[1], dest[2]], [0, 0, 1, 1, 2, 2])
+    else:
+        dest[...] = src.numpy()
+
+
 def collate(samples: list[dict[str, Any]], img_size: int, masks_per_image: int = 0) -> dict[str, Any]:
     """Decoded samples -> the batch dict: uint8 images zero-padded bottom/right to SxS, float16 embeddings
     (copied once, into the batch tensor), int64 sizes, keys, and the N-mask fields when masks_per_image > 0."""
     b, s, grid, n = len(samples), img_size, img_size // PATCH, masks_per_image
     image = _empty((b, 3, s, s), torch.uint8)
     emb = _empty((b, EMBED_DIM, grid, grid), torch.float16)
-    emb_np = emb.numpy()
+    emb_np, image_np = emb.numpy(), image.numpy()
     for i, x in enumerate(samples):
         h, w = x["size"]
-        image[i, :, :h, :w] = x["image"]
+        _copy_chw(x["image"], image_np[i, :, :h, :w])
         image[i, :, h:, :] = 0  # zero only the padding
         image[i, :, :h, w:] = 0
         e = x["embedding"]
