@@ -81,8 +81,10 @@ def main(argv: list[str]) -> int:
     own = statistics.median(b for _, b in pairs)
     ratio = statistics.median(b / a for a, b in pairs)
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, batch {args.batch} at {s}")
-    print(f"train step: official {off * 1e3:.0f} ms ({args.batch / off:.2f} samples/s), ours {own * 1e3:.0f} ms "
-          f"({args.batch / own:.2f} samples/s), step-time ratio {ratio:.2f} (median of {args.rounds})")
+    print(
+        f"train step: official {off * 1e3:.0f} ms ({args.batch / off:.2f} samples/s), ours {own * 1e3:.0f} ms "
+        f"({args.batch / own:.2f} samples/s), step-time ratio {ratio:.2f} (median of {args.rounds})"
+    )
     if device.type == "cuda":
         _estimate(args, device, args.batch / own)
     return 0
@@ -105,5 +107,7 @@ def _estimate(args: argparse.Namespace, device: torch.device, student_rate: floa
     pre = SA1B_1PCT_IMAGES / teacher_rate
     train = EPOCHS * SA1B_1PCT_IMAGES / student_rate
     print(f"teacher vit_h forward: {teacher_rate:.1f} images/s (bf16, batch 8)")
-    print(f"distill_1pct estimate: precompute {pre / 3600:.2f} h + {EPOCHS} epochs {train / 3600:.2f} h = "
-          f"{(pre + train) / 3600:.2f} h on this GPU (student at {student_rate:.0f} samples/s, batch {args.batch})")
+    print(
+        f"distill_1pct estimate: precompute {pre / 3600:.2f} h + {EPOCHS} epochs {train / 3600:.2f} h = "
+        f"{(pre + train) / 3600:.2f} h on this GPU (student at {student_rate:.0f} samples/s, batch {args.batch})"
+    )

@@ -26,8 +26,9 @@ def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
 def _data_record(trainer: L.Trainer) -> dict[str, Any]:
     dm = getattr(trainer, "datamodule", None)
     record: dict[str, Any] = {}
-    path = getattr(dm, "manifest_path", None)
-    if path is not None and Path(path).is_file():
+    root = getattr(dm, "root", None)
+    path = Path(root) / "dataset.json" if root is not None else None
+    if path is not None and path.is_file():
         record["manifest"] = str(path)
         record["manifest_sha256"] = sha256_file(path)
     manifest = getattr(dm, "manifest", None)
@@ -40,8 +41,9 @@ def _data_record(trainer: L.Trainer) -> dict[str, Any]:
 
 
 class ExportMobileSam(L.Callback):
-    """When training ends, writes `mobile_sam.pt` (official key set, atomic) and `mobile_sam.json` into `out_dir`,
-    then reloads the file strictly and compares every tensor before declaring it done.
+    """When training ends, saves `checkpoints/last.ckpt`, writes `mobile_sam.pt` (official key set, atomic) and
+    `mobile_sam.json` into `out_dir`, then reloads the file strictly and compares every tensor before declaring it
+    done.
 
     Args:
         out_dir: the run's output folder.
@@ -58,14 +60,14 @@ class ExportMobileSam(L.Callback):
         self.path: Path | None = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run that stops on max_steps mid-epoch has no epoch-end checkpoint: keep its final state resumable
+        trainer.save_checkpoint(self.out_dir / "checkpoints" / "last.ckpt")
         if trainer.is_global_zero:
             self.path = export_module(pl_module, self.out_dir / self.filename, trainer, self.config)
         trainer.strategy.barrier("export_mobile_sam")
 
 
-def export_module(
-    pl_module: Any, path: Path, trainer: L.Trainer | None = None, config: dict | None = None
-) -> Path:
+def export_module(pl_module: Any, path: Path, trainer: L.Trainer | None = None, config: dict | None = None) -> Path:
     """Writes the module's SAM as `mobile_sam.pt` with its sidecar, then verifies a strict reload."""
     state = pl_module.export_state_dict()
     hp = pl_module.hparams
@@ -113,8 +115,9 @@ class MaskPictures(L.Callback):
             right = np.asarray(overlay(image, ex["teacher"].numpy(), points=pts))
             panels.append(np.concatenate([left, np.full((left.shape[0], 4, 3), 255, np.uint8), right], axis=1))
         width = max(p.shape[1] for p in panels)
-        grid = np.concatenate([np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255)
-                               for p in panels])
+        grid = np.concatenate(
+            [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
+        )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"masks_step{trainer.global_step:07d}.png"
         from PIL import Image
@@ -122,8 +125,12 @@ class MaskPictures(L.Callback):
         Image.fromarray(grid).save(path)
         for lg in trainer.loggers:
             if hasattr(lg, "log_image"):
-                lg.log_image(key="val/masks_student_vs_teacher", images=[grid], step=trainer.global_step,
-                             caption=["left: student, right: teacher (point prompts)"])
+                lg.log_image(
+                    key="val/masks_student_vs_teacher",
+                    images=[grid],
+                    step=trainer.global_step,
+                    caption=["left: student, right: teacher (point prompts)"],
+                )
 
 
 class Throughput(L.Callback):
@@ -139,8 +146,9 @@ class Throughput(L.Callback):
         if self._t0 is None:
             self._t0, self._samples = time.perf_counter(), 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
         import time
 
         self._samples += int(batch["image"].shape[0]) * trainer.world_size

@@ -139,8 +139,10 @@ class DistillModule(L.LightningModule):
     def configure_trainable(self) -> None:
         """Only the student encoder trains; the unused ImageNet head is frozen (no DDP unused-parameter hunt)."""
         for name, p in self.sam.named_parameters():
-            p.requires_grad_(name.startswith("image_encoder.") and not name.startswith(("image_encoder.head.",
-                                                                                          "image_encoder.norm_head.")))
+            p.requires_grad_(
+                name.startswith("image_encoder.")
+                and not name.startswith(("image_encoder.head.", "image_encoder.norm_head."))
+            )
 
     def configure_optimizers(self) -> Any:
         decay, no_decay = [], []
@@ -209,12 +211,23 @@ class DistillModule(L.LightningModule):
             if n == 0:
                 continue
             prompts = build_prompts(
-                batch["points"][i, :n], batch["boxes"][i, :n], batch["masks"][i, :n], batch["key"][i],
-                batch["mask_ids"][i, :n].tolist(), img_size,
+                batch["points"][i, :n],
+                batch["boxes"][i, :n],
+                batch["masks"][i, :n],
+                batch["key"][i],
+                batch["mask_ids"][i, :n].tolist(),
+                img_size,
             )
             size = (int(batch["size"][i, 0]), int(batch["size"][i, 1]))
-            ious = image_ious(dec, student[i : i + 1].float(), prompts, size, img_size,
-                              teacher=self.teacher_decoder(), teacher_embedding=batch["embedding"][i : i + 1].float())
+            ious = image_ious(
+                dec,
+                student[i : i + 1].float(),
+                prompts,
+                size,
+                img_size,
+                teacher=self.teacher_decoder(),
+                teacher_embedding=batch["embedding"][i : i + 1].float(),
+            )
             for kind, values in ious["vs_teacher"].items():
                 self.val_miou[kind].update(values)
             if batch_idx == 0 and len(self.examples) < 4:
@@ -231,8 +244,10 @@ class DistillModule(L.LightningModule):
         pts = (pts[0][:k], pts[1][:k])
         out = {"image": batch["image"][i, :, : size[0], : size[1]].cpu(), "points": pts[0][:, 0].cpu()}
         own, teacher = Decoder(self.sam.prompt_encoder, self.sam.mask_decoder), self.teacher_decoder()
-        for name, emb, dec in (("student", student.float(), own),
-                               ("teacher", batch["embedding"][i : i + 1].float(), teacher)):
+        for name, emb, dec in (
+            ("student", student.float(), own),
+            ("teacher", batch["embedding"][i : i + 1].float(), teacher),
+        ):
             logits = decode(dec.prompt_encoder, dec.mask_decoder, emb, pts, None, True)
             out[name] = (upscale_unpadded(logits[:, None], size, self.hparams.img_size)[:, 0] > 0).cpu()
         return out
@@ -255,8 +270,10 @@ class DistillModule(L.LightningModule):
 
     def export_state_dict(self) -> dict[str, Tensor]:
         """The `mobile_sam.pt` tensors: the official key set, float32, on CPU."""
-        return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
-                for k, v in self.sam.state_dict().items()}
+        return {
+            k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
+            for k, v in self.sam.state_dict().items()
+        }
 
 
 def count_trainable(module: torch.nn.Module) -> int:

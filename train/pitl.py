@@ -64,9 +64,16 @@ class PromptInTheLoopModule(DistillModule):
         self._train_decoder = train_decoder
         super().__init__(**kwargs)
         self.hparams.update(
-            prompts_per_image=prompts_per_image, box_fraction=box_fraction, box_noise=box_noise,
-            box_noise_max=box_noise_max, refine_rounds=refine_rounds, target=target, mask_weight=mask_weight,
-            embedding_weight=embedding_weight, hard_weighting=hard_weighting, train_decoder=train_decoder,
+            prompts_per_image=prompts_per_image,
+            box_fraction=box_fraction,
+            box_noise=box_noise,
+            box_noise_max=box_noise_max,
+            refine_rounds=refine_rounds,
+            target=target,
+            mask_weight=mask_weight,
+            embedding_weight=embedding_weight,
+            hard_weighting=hard_weighting,
+            train_decoder=train_decoder,
         )
         # The teacher's decoder stays as it was even when the student's trains
         self.teacher_prompt_encoder = copy.deepcopy(self.sam.prompt_encoder).requires_grad_(False)
@@ -108,8 +115,14 @@ class PromptInTheLoopModule(DistillModule):
         rows = torch.arange(low, device=s_emb.device)
         valid = (rows[:, None] < size[0] / scale) & (rows[None, :] < size[1] / scale)
         groups = initial_prompts(
-            batch["masks"][i, :n], batch["boxes"][i, :n], size, hp.img_size, hp.prompts_per_image,
-            hp.box_fraction, hp.box_noise, hp.box_noise_max,
+            batch["masks"][i, :n],
+            batch["boxes"][i, :n],
+            size,
+            hp.img_size,
+            hp.prompts_per_image,
+            hp.box_fraction,
+            hp.box_noise,
+            hp.box_noise_max,
         )
         t_emb = batch["embedding"][i : i + 1].float()
         total, count, ious = s_emb.new_zeros(()), 0, []
@@ -134,7 +147,9 @@ class PromptInTheLoopModule(DistillModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if "masks" not in batch:
-            raise KeyError("prompt-in-the-loop training needs ground-truth masks in the batch: set data.masks_per_image")
+            raise KeyError(
+                "prompt-in-the-loop training needs ground-truth masks in the batch: set data.masks_per_image"
+            )
         hp = self.hparams
         s_emb = self.student_embedding(batch)
         emb_loss = self.embedding_loss(s_emb, batch)
@@ -149,8 +164,11 @@ class PromptInTheLoopModule(DistillModule):
         loss = hp.embedding_weight * emb_loss + hp.mask_weight * mask_loss
         self.check_finite(loss, batch)
         bs = s_emb.shape[0]
-        self.log_dict({"train/loss": loss, "train/loss_embedding": emb_loss, "train/loss_mask": mask_loss},
-                      prog_bar=True, batch_size=bs)
+        self.log_dict(
+            {"train/loss": loss, "train/loss_embedding": emb_loss, "train/loss_mask": mask_loss},
+            prog_bar=True,
+            batch_size=bs,
+        )
         if ious:
             self.log("train/mask_iou", torch.stack(ious).mean(), batch_size=bs)
         return loss

@@ -42,7 +42,6 @@ def cell_centres(cells: Tensor, scale: float) -> Tensor:
 
 def random_cells(masks: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """One uniformly drawn True cell per mask: (Px2 (row, col), P bool found). Empty masks get (0, 0), False."""
-    p = masks.shape[0]
     flat = masks.flatten(1).float()
     found = flat.sum(1) > 0
     weights = torch.where(found[:, None], flat, torch.ones_like(flat))
@@ -93,8 +92,9 @@ def initial_prompts(
     is_box = torch.rand(n, generator=generator) < box_fraction
     is_box = is_box.to(dev)
     bsrc, psrc = pick[is_box], pick[~is_box]
-    box_prompts = PromptBatch(None, None, noisy_boxes(boxes[bsrc].float(), size, box_noise, box_noise_max, generator),
-                              bsrc)
+    box_prompts = PromptBatch(
+        None, None, noisy_boxes(boxes[bsrc].float(), size, box_noise, box_noise_max, generator), bsrc
+    )
     cells, _ = random_cells(masks_low[psrc], generator)
     xy = cell_centres(cells, img_size / masks_low.shape[-1])
     ones = torch.ones(len(psrc), 1, dtype=torch.int, device=dev)

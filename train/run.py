@@ -54,8 +54,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), out_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    result: dict[str, Any] = {"mobile_sam": export.path, "metrics": metrics, "out_dir": out_dir,
-                              "objective": metrics.get("val/miou_point")}
+    result: dict[str, Any] = {
+        "mobile_sam": export.path,
+        "metrics": metrics,
+        "out_dir": out_dir,
+        "objective": metrics.get("val/miou_point"),
+    }
     if trainer.is_global_zero:
         if cfg.get("predict_after") and export.path is not None:
             from .demo import predict_with

@@ -107,8 +107,9 @@ def test_nan_loss_stops_with_a_clear_message(teacher_ckpt):
     module = DistillModule(img_size=256, teacher={"checkpoint": str(teacher_ckpt)})
     batch = fake_batch(b=1)
     batch["embedding"][0, 0, 0, 0] = float("nan")
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
         trainer.fit(module, train_dataloaders=Batches(batch))
 
