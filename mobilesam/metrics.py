@@ -91,6 +91,29 @@ def build_prompts(
     return Prompts(point=points.float(), second_point=second, box=boxes.float())
 
 
+def decode_all(
+    prompt_encoder: nn.Module,
+    mask_decoder: nn.Module,
+    embedding: Tensor,
+    points: tuple[Tensor, Tensor] | None,
+    boxes: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """All four mask outputs for N prompt sets on one image: Nx4x(S/4)x(S/4) logits and Nx4 predicted IoUs.
+
+    Output 0 is SAM's single-mask answer, outputs 1-3 its multimask candidates.
+    """
+    sparse, dense = prompt_encoder(points, boxes, None)
+    return mask_decoder.predict_masks(embedding, prompt_encoder.get_dense_pe(), sparse, dense)
+
+
+def select(logits: Tensor, iou: Tensor, multimask: bool) -> Tensor:
+    """The protocol's mask from `decode_all`'s outputs: output 0, or the best of 1-3 by predicted IoU."""
+    if not multimask:
+        return logits[:, 0]
+    best = iou[:, 1:].argmax(dim=1) + 1
+    return logits[torch.arange(len(best), device=logits.device), best]
+
+
 def decode(
     prompt_encoder: nn.Module,
     mask_decoder: nn.Module,
@@ -100,12 +123,7 @@ def decode(
     multimask: bool,
 ) -> Tensor:
     """Mask logits for N prompt sets on one image: Nx(S/4)x(S/4); with `multimask` the best of three by IoU."""
-    sparse, dense = prompt_encoder(points, boxes, None)
-    logits, iou = mask_decoder(embedding, prompt_encoder.get_dense_pe(), sparse, dense, multimask)
-    if multimask:
-        best = iou.argmax(dim=1)
-        return logits[torch.arange(len(best), device=logits.device), best]
-    return logits[:, 0]
+    return select(*decode_all(prompt_encoder, mask_decoder, embedding, points, boxes), multimask)
 
 
 def mask_iou(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

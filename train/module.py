@@ -77,6 +77,8 @@ class DistillModule(L.LightningModule):
         mask_padding: exclude the padded region from the loss.
         compile: `torch.compile` the student (in place: the state-dict keys do not change).
         val_mask_iou: compute the mask-agreement mIoU in validation (needs masks in the validation batches).
+        bn_train: BatchNorm uses batch statistics and updates its running ones (MobileSAM's recipe); False keeps
+            the running statistics fixed (fine-tuning from a trained model with small batches).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class DistillModule(L.LightningModule):
         mask_padding: bool = False,
         compile: bool = False,
         val_mask_iou: bool = True,
+        bn_train: bool = True,
     ) -> None:
         super().__init__()
         teacher, optimizer, scheduler = plain(teacher) or {}, plain(optimizer), plain(scheduler)
@@ -105,6 +108,7 @@ class DistillModule(L.LightningModule):
                 "mask_padding": mask_padding,
                 "compile": compile,
                 "val_mask_iou": val_mask_iou,
+                "bn_train": bn_train,
             }
         )
         self.sam = build_sam("vit_t", img_size=img_size)
@@ -162,6 +166,18 @@ class DistillModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -------------------------------------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        # Lightning keeps whatever mode a module is in, and build_sam returns eval mode: the student must train
+        # with batch statistics (and update its BatchNorm running statistics), as in MobileSAM's recipe.
+        self.train()
+        if not self.hparams.bn_train:
+            for m in self.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def on_train_epoch_start(self) -> None:
+        self.on_train_start()  # validation restores the modes it found; keep the BatchNorm choice explicit
+
     def student_embedding(self, batch: dict[str, Any]) -> Tensor:
         """The student's Bx256xExE embedding of a loader batch (normalised on the device)."""
         return self.sam.image_encoder(normalize(batch["image"], batch["size"]))

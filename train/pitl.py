@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mobilesam.metrics import Decoder, decode
+from mobilesam.metrics import Decoder, decode_all
 
 from .module import DistillModule
 from .prompts import PromptBatch, corrective_points, initial_prompts
 
 
 def dice_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """Per-prompt soft dice loss over the valid cells: PxHxW logits, PxHxW targets in [0, 1] -> P."""
+    """Per-prompt soft dice loss over the valid cells: PxHxW logits, PxHxW targets in [0, 1], HxW valid -> P."""
     p = torch.sigmoid(logits) * valid
     t = target * valid
     inter = (p * t).flatten(1).sum(1)
@@ -26,9 +26,9 @@ def dice_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
 
 
 def bce_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """Per-prompt binary cross-entropy over the valid cells -> P."""
+    """Per-prompt binary cross-entropy over the valid (HxW) cells -> P."""
     per_cell = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * valid
-    return per_cell.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
+    return per_cell.flatten(1).sum(1) / valid.expand_as(logits).flatten(1).sum(1).clamp_min(1)
 
 
 class PromptInTheLoopModule(DistillModule):
@@ -89,18 +89,21 @@ class PromptInTheLoopModule(DistillModule):
 
     # ------------------------------------------------------------------------------------------ losses
     def _decode_pair(self, s_emb: Tensor, t_emb: Tensor, prompts: PromptBatch) -> tuple[Tensor, Tensor]:
-        """(student logits with grad, teacher logits): Px(S/4)x(S/4), single-mask output."""
+        """(student logits with grad, teacher logits): Px4x(S/4)x(S/4), all four mask outputs (the single mask
+        and the three multimask candidates), so point prompts learn the outputs the `point` protocol uses."""
         pts, boxes = prompts.points(), prompts.boxes
         with torch.no_grad():
-            t = decode(self.teacher_prompt_encoder, self.teacher_mask_decoder, t_emb, pts, boxes, False)
-        s = decode(self.sam.prompt_encoder, self.sam.mask_decoder, s_emb, pts, boxes, False)
+            t, _ = decode_all(self.teacher_prompt_encoder, self.teacher_mask_decoder, t_emb, pts, boxes)
+        s, _ = decode_all(self.sam.prompt_encoder, self.sam.mask_decoder, s_emb, pts, boxes)
         return s.float(), t.float()
 
     def _prompt_losses(self, s: Tensor, t: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        """(per-prompt BCE + dice, per-prompt IoU of the thresholded masks)."""
+        """(per-prompt BCE + dice averaged over the four outputs, per-prompt IoU of the single-mask outputs)."""
         target = torch.sigmoid(t) if self.hparams.target == "soft" else (t > 0).float()
-        loss = bce_loss(s, target, valid) + dice_loss(s, target, valid)
-        sm, tm = (s > 0) & valid, (t > 0) & valid
+        p = s.shape[0]
+        flat_s, flat_t = s.flatten(0, 1), target.flatten(0, 1)
+        loss = (bce_loss(flat_s, flat_t, valid) + dice_loss(flat_s, flat_t, valid)).view(p, -1).mean(1)
+        sm, tm = (s[:, 0] > 0) & valid, (t[:, 0] > 0) & valid
         inter = (sm & tm).flatten(1).sum(1).float()
         union = (sm | tm).flatten(1).sum(1).float()
         return loss, torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
@@ -140,7 +143,7 @@ class PromptInTheLoopModule(DistillModule):
                 if r == hp.refine_rounds:
                     ious.append(iou.detach())
                     break
-                xy, label = corrective_points((s > 0).detach(), t > 0, valid, hp.img_size)
+                xy, label = corrective_points((s[:, 0] > 0).detach(), t[:, 0] > 0, valid, hp.img_size)
                 prompts = prompts.with_point(xy, label)
         mean_iou = torch.cat(ious).mean() if ious else s_emb.new_ones(())
         return total / max(count, 1), mean_iou

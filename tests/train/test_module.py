@@ -103,6 +103,24 @@ def test_hyperparameters_are_plain_and_load_weights_only(teacher_ckpt):
     assert len(loaded["state_dict"]) == 439
 
 
+def test_the_student_trains_in_train_mode(teacher_ckpt):
+    module = DistillModule(img_size=256, teacher={"checkpoint": str(teacher_ckpt)})
+    assert not module.sam.training  # build_sam hands back eval mode
+    bn = module.sam.image_encoder.patch_embed.seq[0].bn
+    before = bn.running_mean.clone()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=Batches(fake_batch()))
+    assert not torch.equal(bn.running_mean, before)  # batch statistics were used and tracked
+    assert int(bn.num_batches_tracked) == 1
+
+
 def test_nan_loss_stops_with_a_clear_message(teacher_ckpt):
     module = DistillModule(img_size=256, teacher={"checkpoint": str(teacher_ckpt)})
     batch = fake_batch(b=1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from mobilesam import build_sam
 from tests.train.conftest import CONFIGS, compose_train
@@ -90,6 +91,8 @@ def test_every_experiment_composes_and_instantiates(experiment, teacher_file, tm
         ]
     )
     assert cfg.experiment == experiment
+    if OmegaConf.is_missing(cfg.model, "init"):  # stage 2 starts from a stage-1 mobile_sam.pt
+        cfg.model.init = str(teacher_file)
     model = instantiate(cfg.model)
     assert model.hparams.img_size == cfg.img_size
     datamodule = instantiate(cfg.data)
