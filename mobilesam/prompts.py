@@ -77,6 +77,25 @@ def parse_boxes(boxes: Any) -> np.ndarray:
     return b
 
 
+def parse_prompts(
+    points: Any, labels: Any, bboxes: Any
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The facade's prompts -> (N x K x 2 points, N x K labels, N x 4 boxes), each None when not given.
+
+    With both points and boxes, object i takes point set i and box i, so their counts must match.
+    """
+    if points is None and labels is not None:
+        raise PromptError("labels were given without points")
+    pts, labs = parse_points(points, labels) if points is not None else (None, None)
+    boxes = parse_boxes(bboxes) if bboxes is not None else None
+    if pts is not None and boxes is not None and len(pts) != len(boxes):
+        raise PromptError(
+            f"{len(pts)} point sets and {len(boxes)} boxes were given; with both, object i takes point set i and "
+            "box i, so the counts must match"
+        )
+    return pts, labs, boxes
+
+
 def check_inside(coords: np.ndarray | Tensor, size: Sequence[int], name: str) -> None:
     """Refuses (x, y) coordinates outside an image of `size` (H, W); the edges themselves are allowed."""
     c = coords.detach().cpu().numpy() if _is_tensor(coords) else np.asarray(coords)
