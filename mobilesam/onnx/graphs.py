@@ -139,10 +139,13 @@ def _save_program(program: Any, path: Path, metadata: Mapping[str, str]) -> Path
     `path` and moved into place, the weights first: a killed run never leaves a graph without its weights.
     """
     import onnxscript
+    from onnxscript.rewriter import onnx_fusions
 
-    # Fold every computation on weights alone (BatchNorm into convs, bias tables, positional grids): the exporter
-    # skips those with inputs over 8192 elements, and int8 quantisation only sees weights that are initializers
+    # The exporter's own optimisation (turned off in `_export`), with a larger constant-folding limit: it would
+    # skip inputs over 8192 elements, leaving e.g. BatchNorm folds as graph nodes, and int8 quantisation only sees
+    # weights that are initializers
     onnxscript.optimizer.optimize(program.model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
+    onnx_fusions.fuse(program.model)
     program.model.metadata_props.update({k: str(v) for k, v in metadata.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
@@ -162,7 +165,9 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, opset: int,
     except ImportError as e:
         raise ImportError("exporting ONNX needs onnx and onnxscript: pip install 'mobilesam[onnx]'") from e
     with torch.no_grad():
-        return torch.onnx.export(module.eval(), args, dynamo=True, opset_version=opset, verbose=False, **kwargs)
+        return torch.onnx.export(
+            module.eval(), args, dynamo=True, opset_version=opset, optimize=False, verbose=False, **kwargs
+        )
 
 
 def export_encoder(sam: Sam, path: str | os.PathLike, opset: int = DEFAULT_OPSET, metadata: Mapping = ()) -> Path:
