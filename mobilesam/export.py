@@ -177,6 +177,11 @@ def export(
     Returns:
         Role ("weights", "sidecar", "encoder", "decoder", "encoder_int8", "decoder_int8") -> written path.
     """
+    if onnx or quantize:  # refuse a bad opset before the slow part
+        from .onnx.graphs import DEFAULT_OPSET, check_opset
+
+        opset = opset or DEFAULT_OPSET
+        check_opset(opset)
     src = read_source(source, img_size)
     model = build_sam(src.variant, img_size=src.img_size)
     load_into(model, src.state_dict, source=str(src.path))
@@ -185,7 +190,7 @@ def export(
     from . import __version__
 
     meta = {
-        **_jsonable(src.meta),
+        **_jsonable({k: v for k, v in src.meta.items() if k != "onnx"}),  # a re-export lists its own files
         "img_size": src.img_size,
         "variant": src.variant,
         "source": str(src.path.resolve()),
@@ -196,9 +201,7 @@ def export(
     written: dict[str, Path] = {}
     if onnx or quantize:
         from .onnx.export import export_onnx
-        from .onnx.graphs import DEFAULT_OPSET
 
-        opset = opset or DEFAULT_OPSET
         stamp = {k: meta[k] for k in ("variant", "source_sha256", "mobilesam_version")}
         written.update(export_onnx(model, out, opset=opset, quantize=quantize, single_mask=single_mask, stamp=stamp))
         meta["onnx"] = {

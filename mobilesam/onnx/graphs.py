@@ -24,6 +24,7 @@ ENCODER_OUTPUTS = ["image_embeddings"]
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
 DEFAULT_OPSET = 18
+MIN_OPSET = 18  # the exporter's own; its conversion to 17 writes invalid graphs (ReduceMax attributes)
 
 # Above this many bytes of weights, ONNX files keep them in `<name>.data` beside the graph (protobuf's 2 GiB cap)
 EXTERNAL_DATA_BYTES = 1 << 30
@@ -159,15 +160,29 @@ def _save_program(program: Any, path: Path, metadata: Mapping[str, str]) -> Path
     return path
 
 
-def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, opset: int, **kwargs: Any) -> Any:
+def check_opset(opset: int) -> None:
+    """Refuses an opset the exporter cannot write: below 18 or above what onnx knows."""
     try:
+        import onnx
         import onnxscript  # noqa: F401  (PyTorch's exporter needs it; fail with the extra's name, not deep inside)
     except ImportError as e:
         raise ImportError("exporting ONNX needs onnx and onnxscript: pip install 'mobilesam[onnx]'") from e
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"opset {opset} is not available: choose {MIN_OPSET} to {newest} (default {DEFAULT_OPSET})")
+
+
+def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, opset: int, **kwargs: Any) -> Any:
+    check_opset(opset)
     with torch.no_grad():
-        return torch.onnx.export(
+        program = torch.onnx.export(
             module.eval(), args, dynamo=True, opset_version=opset, optimize=False, verbose=False, **kwargs
         )
+    # The exporter converts to other opsets on a best-effort basis and keeps its own when it cannot
+    written = program.model.opset_imports.get("")
+    if written != opset:
+        raise ValueError(f"the exporter could not convert the graph to opset {opset} (it wrote {written}); use 18")
+    return program
 
 
 def export_encoder(sam: Sam, path: str | os.PathLike, opset: int = DEFAULT_OPSET, metadata: Mapping = ()) -> Path:

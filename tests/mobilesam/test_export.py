@@ -165,3 +165,11 @@ def test_cli_refuses_a_file_that_does_not_fit(tmp_path):
     with pytest.raises(SystemExit, match="Missing keys: mask_decoder.iou_token.weight"):
         main(["export", str(src), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out" / "mobile_sam.pt").exists()
+
+
+def test_cli_refuses_an_opset_the_exporter_cannot_write(small_checkpoint, tmp_path):
+    pytest.importorskip("onnxscript")
+    for opset in ("17", "99"):
+        with pytest.raises(SystemExit, match=f"opset {opset} is not available: choose 18 to"):
+            main(["export", str(small_checkpoint), "--out", str(tmp_path), "--onnx", "--opset", opset])
+    assert not list(tmp_path.iterdir())  # refused before anything was written

@@ -228,3 +228,21 @@ def test_single_mask_decoder_under_onnxruntime(model, tmp_path):
             for a, b in zip(got, graph(*args)):
                 assert a.shape == tuple(b.shape) and a.shape[1] == 1
                 assert rel_err(torch.from_numpy(a), b) < 1e-3
+
+
+@pytest.mark.slow
+def test_large_weights_go_to_an_external_data_file(model, tmp_path, monkeypatch):
+    """vit_h's 2.5 GB cannot sit in one protobuf; the same path, forced here on the small decoder."""
+    from mobilesam.onnx import export_decoder, graphs
+
+    monkeypatch.setattr(graphs, "EXTERNAL_DATA_BYTES", 0)
+    path = export_decoder(model, tmp_path / "decoder.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.onnx", "decoder.onnx.data"]
+    assert path.stat().st_size < 1 << 20  # the graph alone
+    session = _session(path)
+    args = tuple(a.numpy() for a in graphs.example_inputs(256)["decoder"])
+    got = session.run(None, dict(zip(graphs.DECODER_INPUTS, args)))
+    with torch.no_grad():
+        ref = DecoderGraph(model)(*(torch.from_numpy(a) for a in args))
+    for a, b in zip(got, ref):
+        assert rel_err(torch.from_numpy(a), b) < 1e-3
