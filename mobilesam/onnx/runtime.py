@@ -78,7 +78,7 @@ class Embedding(NamedTuple):
     image: np.ndarray  # HxWx3 uint8 RGB
 
 
-def _session(path: str | os.PathLike, threads: int | None, providers: Sequence[str] | None) -> Any:
+def _session(path: str | os.PathLike, threads: int | None, providers: Sequence[str] | None, spin: bool) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -88,6 +88,8 @@ def _session(path: str | os.PathLike, threads: int | None, providers: Sequence[s
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:  # idle threads sleep instead of busy-waiting for the next run, leaving the cores to other work
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
@@ -108,6 +110,8 @@ class OnnxPredictor:
         decoder_path: the decoder graph (`decoder.onnx` or `decoder_int8.onnx`).
         threads: ONNX Runtime's intra-op threads (None: its default, all cores).
         providers: ONNX Runtime execution providers (default CPU).
+        spin: let ONNX Runtime's idle threads busy-wait for the next run (its default; faster back-to-back runs,
+            but the spinning takes the cores from PyTorch or other work in the same process). Off by default.
     """
 
     def __init__(
@@ -116,9 +120,10 @@ class OnnxPredictor:
         decoder_path: str | os.PathLike,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        spin: bool = False,
     ) -> None:
-        self.encoder = _session(encoder_path, threads, providers)
-        self.decoder = _session(decoder_path, threads, providers)
+        self.encoder = _session(encoder_path, threads, providers, spin)
+        self.decoder = _session(decoder_path, threads, providers, spin)
         self.img_size = _img_size(self.encoder, encoder_path)
         decoder_size = _img_size(self.decoder, decoder_path)
         if decoder_size != self.img_size:
