@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,8 @@ def _save_program(program: Any, path: Path, metadata: Mapping[str, str]) -> Path
     """Stamps `metadata` into the ONNX model and saves it atomically (weights > 1 GiB go to `<name>.data`).
 
     The exporter names the weights file after the model file, so both are written in a temp folder beside
-    `path` and moved into place, the weights first: a killed run never leaves a graph without its weights.
+    `path` and moved into place; with a weights file, an old graph is removed first and the new graph moved in
+    last, so a killed run never leaves a graph beside weights that are not its own.
     """
     import onnxscript
     from onnxscript.rewriter import onnx_fusions
@@ -155,6 +157,7 @@ def _save_program(program: Any, path: Path, metadata: Mapping[str, str]) -> Path
         program.save(staged, external_data=weights > EXTERNAL_DATA_BYTES)
         data = staged.with_name(staged.name + ".data")
         if data.exists():
+            path.unlink(missing_ok=True)
             os.replace(data, path.with_name(data.name))
         os.replace(staged, path)
     return path
@@ -172,7 +175,7 @@ def check_opset(opset: int) -> None:
         raise ValueError(f"opset {opset} is not available: choose {MIN_OPSET} to {newest} (default {DEFAULT_OPSET})")
 
 
-def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, opset: int, **kwargs: Any) -> Any:
+def _export(module: nn.Module, args: tuple[Tensor, ...], opset: int, **kwargs: Any) -> Any:
     check_opset(opset)
     with torch.no_grad():
         program = torch.onnx.export(
@@ -192,7 +195,6 @@ def export_encoder(sam: Sam, path: str | os.PathLike, opset: int = DEFAULT_OPSET
     program = _export(
         EncoderGraph(sam),
         example_inputs(s)["encoder"],
-        Path(path),
         opset,
         input_names=ENCODER_INPUTS,
         output_names=ENCODER_OUTPUTS,
@@ -207,15 +209,17 @@ def export_decoder(
 ) -> Path:
     """Writes `DecoderGraph(sam, single_mask)` to `path`, with a dynamic number of points."""
     num_points = torch.export.Dim("num_points", min=1)
-    program = _export(
-        DecoderGraph(sam, single_mask),
-        example_inputs(sam.img_size)["decoder"],
-        Path(path),
-        opset,
-        input_names=DECODER_INPUTS,
-        output_names=DECODER_OUTPUTS,
-        dynamic_shapes=(None, {1: num_points}, {1: num_points}, None, None, None),
-    )
+    with warnings.catch_warnings():
+        # both point inputs share the one `num_points` axis, which the exporter reports as a name it will not use
+        warnings.filterwarnings("ignore", message=".*axis name: num_points will not be used")
+        program = _export(
+            DecoderGraph(sam, single_mask),
+            example_inputs(sam.img_size)["decoder"],
+            opset,
+            input_names=DECODER_INPUTS,
+            output_names=DECODER_OUTPUTS,
+            dynamic_shapes=(None, {1: num_points}, {1: num_points}, None, None, None),
+        )
     from onnxscript import ir
 
     # The exporter names the size of the upscaled masks after internal symbols; give them readable names
