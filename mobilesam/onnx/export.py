@@ -21,8 +21,8 @@ ONNX_NAMES = {
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Dynamic int8 quantisation of an ONNX file (weights int8 ahead of time, activations at run time).
 
-    MatMul and Gemm weights are quantised; convolutions stay float (their int8 kernels, ConvInteger, are slower on
-    CPU than the float ones for these small depthwise and 1x1 convolutions). Metadata is carried over.
+    MatMul and Gemm weights are quantised; convolutions stay float (quantised too, as ConvInteger, they made
+    TinyViT's encoder no faster with uint8 weights and slower with int8 ones on CPU). Metadata is carried over.
     """
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
