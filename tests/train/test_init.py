@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
+from timm.models import tiny_vit
 
 from mobilesam import build_sam
 from mobilesam.checkpoint import CheckpointError, save_state_dict
@@ -13,7 +13,9 @@ from train.init import init_student, timm_to_mobilesam
 
 
 def test_every_timm_tensor_lands_where_it_should(tmp_path):
-    ref = perturb_(timm.create_model("tiny_vit_5m_224", pretrained=False, num_classes=1000), seed=7)
+    # timm's own builder, not timm.create_model: importing the official MobileSAM code (other tests do) replaces
+    # the registry's tiny_vit_5m_224 with MobileSAM's own TinyViT
+    ref = perturb_(tiny_vit.tiny_vit_5m_224(pretrained=False, num_classes=1000), seed=7)
     path = tmp_path / "tiny_vit_5m_224.pth"
     torch.save(ref.state_dict(), path)
     sam = build_sam("vit_t", img_size=256)
@@ -44,7 +46,7 @@ def test_every_timm_tensor_lands_where_it_should(tmp_path):
 
 
 def test_imagenet22k_head_is_left_alone(tmp_path):
-    ref = timm.create_model("tiny_vit_5m_224", pretrained=False, num_classes=21841)
+    ref = tiny_vit.tiny_vit_5m_224(pretrained=False, num_classes=21841)
     path = tmp_path / "in22k.pth"
     torch.save({"model": ref.state_dict()}, path)
     sam = build_sam("vit_t", img_size=256)
