@@ -71,6 +71,8 @@ class ShardDataModule(L.LightningDataModule):
         val_shards: explicit validation shard names (overrides val_fraction).
         val_root: a second shard directory used as the whole validation set (e.g. the held-out SA-1B tar).
         masks_per_image: N > 0 adds masks, boxes, points, num_masks, mask_ids to every batch.
+        val_masks_per_image: the same for validation batches (default: masks_per_image); encoder distillation
+            needs no masks to train but validates the mask-agreement mIoU with them.
         shuffle_buffer: raw samples per worker held for shuffling (memory: ~2.3 MiB each at img_size 1024).
         seed: shard order, shuffle buffer and mask choice.
         img_size: when set, the manifest must agree (a run configured for 1024 refuses 256-pixel shards).
@@ -90,6 +92,7 @@ class ShardDataModule(L.LightningDataModule):
         val_shards: Sequence[str] | None = None,
         val_root: str | os.PathLike | None = None,
         masks_per_image: int = 0,
+        val_masks_per_image: int | None = None,
         shuffle_buffer: int = 256,
         seed: int = 0,
         img_size: int | None = None,
@@ -102,6 +105,7 @@ class ShardDataModule(L.LightningDataModule):
         super().__init__()
         self.root, self.val_root = Path(root), Path(val_root) if val_root else None
         self.batch_size, self.num_workers, self.masks_per_image = batch_size, num_workers, masks_per_image
+        self.val_masks_per_image = masks_per_image if val_masks_per_image is None else val_masks_per_image
         self.val_fraction, self.val_shards = val_fraction, val_shards
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.expected_img_size, self.rank, self.world_size = img_size, rank, world_size
@@ -159,7 +163,8 @@ class ShardDataModule(L.LightningDataModule):
     def _stream(self, shards: list[Shard], train: bool) -> ShardStream:
         m = self._manifest()
         rank, world = self._dist()
-        decoder = SampleDecoder(int(m["img_size"]), m["embedding"]["encoding"], self.masks_per_image, self.seed)
+        masks = self.masks_per_image if train else self.val_masks_per_image
+        decoder = SampleDecoder(int(m["img_size"]), m["embedding"]["encoding"], masks, self.seed)
         return ShardStream(
             shards,
             decoder,

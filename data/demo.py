@@ -44,15 +44,21 @@ def ensure_demo_shards(
     img_size: int = 256,
     shard_size: int = 4,
     seed: int = 0,
+    teacher: dict[str, Any] | None = None,
 ) -> Path:
-    """Makes `root` a shard directory of generated images (random vit_t teacher) unless it already is one.
+    """Makes `root` a shard directory of generated images unless it already is one.
 
     Takes a few seconds at img_size 256 on a CPU; the tars go to `root/_tars`. Rerunning resumes or does nothing.
+
+    Args:
+        teacher: {"variant", "checkpoint", "precision"}; default a random vit_t (seeded). Training's demo passes a
+            random teacher written to disk, so its decoder can join the student.
     """
     root = Path(root)
     if (root / MANIFEST).is_file():
         return root
-    log.info("generating demo shards in %s (%d images, random vit_t teacher)", root, n_tars * images_per_tar)
+    teacher = dict(teacher) if teacher else {"variant": "vit_t", "checkpoint": None, "precision": "fp32"}
+    log.info("generating demo shards in %s (%d images, %s teacher)", root, n_tars * images_per_tar, teacher["variant"])
     tars = make_sa1b_tars(root / "_tars", n_tars, images_per_tar, size=tuple(image_size), seed=seed)
-    run(precompute_config(tars[0].parent, root, img_size=img_size, shard_size=shard_size))
+    run(precompute_config(tars[0].parent, root, img_size=img_size, shard_size=shard_size, teacher=teacher))
     return root

@@ -104,10 +104,12 @@ def test_demo_data_config_builds_its_shards_and_yields_batches(tmp_path: Path) -
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        cfg = compose(config_name="data/demo", overrides=[f"data.root={tmp_path / 'demo'}", "data.synthesize.n_tars=1"])
+        cfg = compose(config_name="data/demo", overrides=[f"data.root={tmp_path / 'demo'}", "data.synthesize.n_tars=2"])
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape[1:] == (3, 256, 256) and batch["masks"].shape[1:] == (4, 64, 64)
+    assert batch["image"].shape[1:] == (3, 256, 256) and "masks" not in batch  # encoder distillation: none
+    val = next(iter(dm.val_dataloader()))
+    assert val["masks"].shape[1:] == (4, 64, 64)  # the validation metric's masks
     assert verify_shards(tmp_path / "demo")["ok"]
