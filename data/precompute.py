@@ -29,7 +29,7 @@ from .manifest import (
     shard_name,
     write_json,
 )
-from .sources import InputError, InputRef, decode_image, list_folder, list_sa1b
+from .sources import SOURCE_KINDS, InputError, InputRef, decode_image, list_inputs, ref_identity
 from .teacher import PRECISIONS, describe_teacher, embed, load_teacher
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,42 @@ class _ShardSink:
         write_json(self.record, rec)
 
 
+def make_plan(cfg: Mapping[str, Any], refs: list[InputRef], world: int) -> dict[str, Any]:
+    """The run plan (`_plan.json`): everything a resumed run must share with the first (see manifest.check_plan).
+
+    Checks the settings; hashes the teacher checkpoint (sha256) and the ordered inputs.
+    """
+    source, teacher = cfg["source"], cfg["teacher"]
+    encoding, precision = str(cfg["encoding"]), str(teacher["precision"])
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding={encoding!r}; choose one of {ENCODINGS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"teacher.precision={precision!r}; choose one of {PRECISIONS}")
+    if source["kind"] not in SOURCE_KINDS:
+        raise ValueError(f"source.kind={source['kind']!r}; use one of {SOURCE_KINDS}")
+    described = {"kind": source["kind"], "root": str(source["root"])}
+    for extra in ("annotations", "holdout", "part"):  # recorded only where given: older plans stay valid
+        if source.get(extra) is not None:
+            described[extra] = source[extra] if extra != "annotations" else str(source[extra])
+    return {
+        "img_size": int(cfg["img_size"]),
+        "encoding": encoding,
+        "teacher": describe_teacher(teacher["variant"], teacher.get("checkpoint")) | {"precision": precision},
+        "jpeg_quality": int(cfg["jpeg_quality"]),
+        "source": described,
+        "inputs": len(refs),
+        "inputs_sha256": inputs_digest([(r.key, ref_identity(r)) for r in refs]),
+        "world_size": world,
+        "shard_size": int(cfg["shard_size"]),
+    }
+
+
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Runs (or resumes) the precompute of this rank, and writes dataset.json if every rank is done.
 
     Args:
-        cfg: configs/precompute.yaml composed: source.{kind, root}, teacher.{variant, checkpoint, precision},
-            out_dir, img_size, limit, batch_size, num_workers, shard_size, jpeg_quality, encoding, device,
+        cfg: configs/precompute.yaml composed: source (see `sources.list_inputs`), teacher.{variant, checkpoint,
+            precision}, out_dir, img_size, limit, batch_size, num_workers, shard_size, jpeg_quality, encoding, device,
             rank / world_size (null: torchrun's RANK / WORLD_SIZE), progress.
 
     Returns:
@@ -126,35 +156,13 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """
     source, teacher = cfg["source"], cfg["teacher"]
     img_size, encoding, precision = int(cfg["img_size"]), str(cfg["encoding"]), str(teacher["precision"])
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding={encoding!r}; choose one of {ENCODINGS}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"teacher.precision={precision!r}; choose one of {PRECISIONS}")
-    if source["kind"] not in ("sa1b", "folder"):
-        raise ValueError(f"source.kind={source['kind']!r}; use source=sa1b or source=folder")
     rank, world, local_rank = _dist_env(cfg)
     out_dir = Path(cfg["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    if source["kind"] == "sa1b":
-        refs, skipped_listing = list_sa1b(source["root"])
-    else:
-        refs, skipped_listing = list_folder(source["root"], tuple(source.get("extensions") or ()) or None)
+    refs, skipped_listing = list_inputs(source)
     if cfg.get("limit") is not None:
         refs = refs[: int(cfg["limit"])]
-
-    teacher_info = describe_teacher(teacher["variant"], teacher.get("checkpoint"))
-    plan = {
-        "img_size": img_size,
-        "encoding": encoding,
-        "teacher": teacher_info | {"precision": precision},
-        "jpeg_quality": int(cfg["jpeg_quality"]),
-        "source": {"kind": source["kind"], "root": str(source["root"])},
-        "inputs": len(refs),
-        "inputs_sha256": inputs_digest([(r.key, r.image.describe()) for r in refs]),
-        "world_size": world,
-        "shard_size": int(cfg["shard_size"]),
-    }
+    plan = make_plan(cfg, refs, world)
     check_plan(out_dir, plan)
     device = _device(str(cfg.get("device", "auto")), local_rank)
     model, _ = load_teacher(teacher["variant"], teacher.get("checkpoint"), img_size, device)

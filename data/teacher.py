@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,12 +20,23 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a checkpoint file, hashed once per process while its size and mtime stay (ViT-H: 2.4 GiB, seconds)."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
 def describe_teacher(variant: str, checkpoint: str | None, seed: int = 0) -> dict[str, Any]:
     """The manifest's record of a teacher: {"variant", "checkpoint", "checkpoint_sha256" (or "random"), "seed"}."""
     return {
         "variant": variant,
         "checkpoint": None if checkpoint is None else str(checkpoint),
-        "checkpoint_sha256": "random" if checkpoint is None else sha256_file(checkpoint),
+        "checkpoint_sha256": "random" if checkpoint is None else checkpoint_sha256(checkpoint),
         "seed": seed if checkpoint is None else None,
     }
 

@@ -8,27 +8,13 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mobilesam.metrics import Decoder, decode_all
 
+from .losses import bce_loss, dice_loss, valid_cells
 from .module import DistillModule
 from .prompts import PromptBatch, corrective_points, initial_prompts
-
-
-def dice_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """Per-prompt soft dice loss over the valid cells: PxHxW logits, PxHxW targets in [0, 1], HxW valid -> P."""
-    p = torch.sigmoid(logits) * valid
-    t = target * valid
-    inter = (p * t).flatten(1).sum(1)
-    return 1 - (2 * inter + 1) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)
-
-
-def bce_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """Per-prompt binary cross-entropy over the valid (HxW) cells -> P."""
-    per_cell = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * valid
-    return per_cell.flatten(1).sum(1) / valid.expand_as(logits).flatten(1).sum(1).clamp_min(1)
 
 
 class PromptInTheLoopModule(DistillModule):
@@ -113,10 +99,7 @@ class PromptInTheLoopModule(DistillModule):
         hp = self.hparams
         n = int(batch["num_masks"][i])
         size = (int(batch["size"][i, 0]), int(batch["size"][i, 1]))
-        low = batch["masks"].shape[-1]
-        scale = hp.img_size / low
-        rows = torch.arange(low, device=s_emb.device)
-        valid = (rows[:, None] < size[0] / scale) & (rows[None, :] < size[1] / scale)
+        valid = valid_cells(size, batch["masks"].shape[-1], hp.img_size, s_emb.device)
         groups = initial_prompts(
             batch["masks"][i, :n],
             batch["boxes"][i, :n],

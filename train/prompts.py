@@ -73,6 +73,7 @@ def initial_prompts(
     box_noise: float = 0.1,
     box_noise_max: float = 20.0,
     generator: torch.Generator | None = None,
+    distinct: bool = False,
 ) -> tuple[PromptBatch, PromptBatch]:
     """Draws `n` objects (with repetition when the image has fewer masks) and gives each a noisy box or a
     positive point inside its mask.
@@ -82,13 +83,18 @@ def initial_prompts(
         boxes: Mx4 ground-truth XYXY boxes (input-frame pixels).
         size: (h, w) of the resized image.
         n: prompts to draw.
+        distinct: draw each object at most once while there are enough (then every object once, the rest
+            drawn again); otherwise objects are drawn independently.
 
     Returns:
         (box prompts, point prompts): two groups, since a decoder batch needs one prompt layout.
     """
     m = masks_low.shape[0]
     dev = masks_low.device
-    pick = torch.randint(m, (n,), generator=generator, device="cpu").to(dev)
+    if distinct:
+        pick = torch.cat([torch.randperm(m, generator=generator) for _ in range(-(-n // m))])[:n].to(dev)
+    else:
+        pick = torch.randint(m, (n,), generator=generator, device="cpu").to(dev)
     is_box = torch.rand(n, generator=generator) < box_fraction
     is_box = is_box.to(dev)
     bsrc, psrc = pick[is_box], pick[~is_box]
