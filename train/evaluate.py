@@ -8,7 +8,6 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +23,7 @@ from mobilesam.metrics import PROMPT_TYPES, Decoder, build_prompts, image_ious, 
 
 from .eval_data import EvalRecords, LabelledSource, ShardSource, record_loader
 from .module import normalize
-from .report import COMPARISONS, WorstCases, example, protocol_description, write_report
+from .report import COMPARISONS, Tally, WorstCases, example, protocol_description, summary_table, write_report
 
 log = logging.getLogger(__name__)
 
@@ -57,43 +56,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-class Tally:
-    """Per-mask IoUs by comparison and prompt type, per-image rows, and the counts the report states."""
-
-    def __init__(self) -> None:
-        self.ious: dict[str, dict[str, list[Tensor]]] = {}
-        self.both_empty: dict[str, dict[str, int]] = {}
-        self.rows: list[dict[str, Any]] = []
-        self.skipped: list[dict[str, str]] = []
-        self.images = self.masks = self.empty_masks = self.without_annotations = 0
-
-    def add(self, key: str, ious: dict[str, dict[str, Tensor]], gt_empty: Tensor) -> None:
-        """One image's `image_ious` output; `gt_empty` flags the ground-truth masks empty at this resolution."""
-        row: dict[str, Any] = {"key": key, "masks": len(gt_empty), "empty_masks": int(gt_empty.sum())}
-        for comp in COMPARISONS:
-            for kind, values in ious.get(comp, {}).items():
-                values = values.float().cpu()
-                self.ious.setdefault(comp, {}).setdefault(kind, []).append(values)
-                row[f"{comp}_{kind}"] = float(values.mean())
-                # both empty: flagged by image_ious against the teacher; against ground truth an IoU of 1 with an
-                # empty ground truth can only mean an empty prediction too
-                flags = ious["both_empty"][kind].cpu() if comp == "vs_teacher" else gt_empty & (values == 1)
-                counts = self.both_empty.setdefault(comp, {})
-                counts[kind] = counts.get(kind, 0) + int(flags.sum())
-        self.rows.append(row)
-        self.images += 1
-        self.masks += len(gt_empty)
-        self.empty_masks += int(gt_empty.sum())
-
-    def add_empty(self, key: str) -> None:
-        self.rows.append({"key": key, "masks": 0, "empty_masks": 0})
-        self.images += 1
-        self.without_annotations += 1
-
-    def per_mask(self) -> dict[str, dict[str, Tensor]]:
-        return {c: {k: torch.cat(v) for k, v in by.items()} for c, by in self.ious.items()}
 
 
 class Scorer:
@@ -383,21 +345,3 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     )
     print(summary_table(result))
     return result
-
-
-def summary_table(result: dict[str, Any]) -> str:
-    """The headline numbers as a small text table."""
-    d = result["data"]
-    lines = [
-        f"{d['images']} images, {d['masks']} masks ({d['kind']}: {d['path']}); "
-        f"{d['images_without_annotations']} without annotations, {d['empty_masks']} empty masks, "
-        f"{d['skipped_images']} images skipped",
-        f"{'mIoU':<26}" + "".join(f"{k:>12}" for k in PROMPT_TYPES),
-    ]
-    for comp in COMPARISONS:
-        if comp in result:
-            lines.append(f"{comp:<26}" + "".join(f"{result[comp][k]:>12.4f}" for k in PROMPT_TYPES))
-    lines += [f"note: {n}" for n in result["notes"]]
-    if result.get("files"):
-        lines.append(f"report: {Path(result['files']['metrics']).parent}")
-    return "\n".join(lines)

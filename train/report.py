@@ -1,4 +1,4 @@
-"""The evaluation's report: metrics.json, the per-image CSV, the IoU histograms and the worst-cases grid (PNG)."""
+"""The evaluation's tally and report: metrics.json, the per-image CSV, IoU histograms, the worst-cases grid (PNG)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,43 @@ def protocol_description(masks_per_image: int | None, img_size: int, teacher_dec
         "teacher_decoder": teacher_decoder,
         "implementation": "mobilesam.metrics (build_prompts, image_ious, decode)",
     }
+
+
+class Tally:
+    """Per-mask IoUs by comparison and prompt type, per-image rows, and the counts the report states."""
+
+    def __init__(self) -> None:
+        self.ious: dict[str, dict[str, list[Tensor]]] = {}
+        self.both_empty: dict[str, dict[str, int]] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.images = self.masks = self.empty_masks = self.without_annotations = 0
+
+    def add(self, key: str, ious: dict[str, dict[str, Tensor]], gt_empty: Tensor) -> None:
+        """One image's `image_ious` output; `gt_empty` flags the ground-truth masks empty at this resolution."""
+        row: dict[str, Any] = {"key": key, "masks": len(gt_empty), "empty_masks": int(gt_empty.sum())}
+        for comp in COMPARISONS:
+            for kind, values in ious.get(comp, {}).items():
+                values = values.float().cpu()
+                self.ious.setdefault(comp, {}).setdefault(kind, []).append(values)
+                row[f"{comp}_{kind}"] = float(values.mean())
+                # both empty: flagged by image_ious against the teacher; against ground truth an IoU of 1 with an
+                # empty ground truth can only mean an empty prediction too
+                flags = ious["both_empty"][kind].cpu() if comp == "vs_teacher" else gt_empty & (values == 1)
+                counts = self.both_empty.setdefault(comp, {})
+                counts[kind] = counts.get(kind, 0) + int(flags.sum())
+        self.rows.append(row)
+        self.images += 1
+        self.masks += len(gt_empty)
+        self.empty_masks += int(gt_empty.sum())
+
+    def add_empty(self, key: str) -> None:
+        self.rows.append({"key": key, "masks": 0, "empty_masks": 0})
+        self.images += 1
+        self.without_annotations += 1
+
+    def per_mask(self) -> dict[str, dict[str, Tensor]]:
+        return {c: {k: torch.cat(v) for k, v in by.items()} for c, by in self.ious.items()}
 
 
 class WorstCases:
@@ -196,3 +233,21 @@ def write_report(
     metrics["files"] = files
     atomic_write(out / FILES["metrics"], lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
     return files
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """The headline numbers as a small text table."""
+    d = result["data"]
+    lines = [
+        f"{d['images']} images, {d['masks']} masks ({d['kind']}: {d['path']}); "
+        f"{d['images_without_annotations']} without annotations, {d['empty_masks']} empty masks, "
+        f"{d['skipped_images']} images skipped",
+        f"{'mIoU':<26}" + "".join(f"{k:>12}" for k in PROMPT_TYPES),
+    ]
+    for comp in COMPARISONS:
+        if comp in result:
+            lines.append(f"{comp:<26}" + "".join(f"{result[comp][k]:>12.4f}" for k in PROMPT_TYPES))
+    lines += [f"note: {n}" for n in result["notes"]]
+    if result.get("files"):
+        lines.append(f"report: {Path(result['files']['metrics']).parent}")
+    return "\n".join(lines)
