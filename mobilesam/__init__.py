@@ -1,5 +1,6 @@
 """MobileSAM and SAM inference: models that load the official checkpoints, `SamPredictor` and the `SAM` facade."""
 
+from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .build import build_sam, sam_model_registry
 from .io import load_image
 from .model import SAM, Results
@@ -14,6 +15,7 @@ __all__ = [
     "ResizeLongestSide",
     "Results",
     "Sam",
+    "SamAutomaticMaskGenerator",
     "SamPredictor",
     "build_sam",
     "load_image",

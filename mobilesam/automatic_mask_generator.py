@@ -9,6 +9,7 @@ only near mask borders), and full-resolution masks and RLE only for the masks th
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,7 +168,10 @@ class SamAutomaticMaskGenerator:
             by `output_mode`), `area` (pixels), `bbox` (XYWH), `predicted_iou`, `point_coords` ([[x, y]]),
             `stability_score`, `crop_box` (XYWH).
         """
-        result = self.generate_masks(image)
+        return self.records(self.generate_masks(image))
+
+    def records(self, result: MaskSet) -> list[dict[str, Any]]:
+        """segment-anything's records of a `MaskSet` (see `generate`), segmentations in `output_mode`."""
         records = []
         for i in range(len(result)):
             mask = result.masks[i]
@@ -359,3 +363,11 @@ def _empty(model: Sam) -> dict[str, Tensor]:
         "boxes": torch.zeros(0, 4, dtype=torch.int64),
         "points": torch.zeros(0, 2, dtype=torch.float64),
     }
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Raises a ValueError naming any key of `options` that is not a `SamAutomaticMaskGenerator` setting."""
+    allowed = set(inspect.signature(SamAutomaticMaskGenerator).parameters) - {"model", "predictor"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"unknown segment-everything options {unknown}; valid ones: {sorted(allowed)}")
