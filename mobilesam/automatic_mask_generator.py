@@ -173,6 +173,7 @@ class SamAutomaticMaskGenerator:
     def records(self, result: MaskSet) -> list[dict[str, Any]]:
         """segment-anything's records of a `MaskSet` (see `generate`), segmentations in `output_mode`."""
         records = []
+        areas = amg.mask_areas(result.masks).tolist()
         for i in range(len(result)):
             mask = result.masks[i]
             if self.output_mode == "uncompressed_rle":
@@ -184,7 +185,7 @@ class SamAutomaticMaskGenerator:
             records.append(
                 {
                     "segmentation": segmentation,
-                    "area": int(mask.sum()),
+                    "area": areas[i],
                     "bbox": amg.xyxy_to_xywh([int(v) for v in result.boxes[i]]),
                     "predicted_iou": float(result.iou_preds[i]),
                     "point_coords": [result.points[i].tolist()],

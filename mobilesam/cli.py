@@ -105,6 +105,7 @@ def _run_everything(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
+    from .amg import mask_areas
     from .automatic_mask_generator import SamAutomaticMaskGenerator
     from .checkpoint import atomic_write
     from .io import ImageReadError, load_image
@@ -136,7 +137,7 @@ def _run_everything(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
 
     # Large masks first, so that small ones stay visible on top
-    areas = found.masks.flatten(1).sum(1)
+    areas = mask_areas(found.masks)
     by_area = torch.argsort(areas, descending=True, stable=True)
     out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + "_everything.png")
     picture = overlay(image, found.masks[by_area].numpy())

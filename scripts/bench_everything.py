@@ -1,0 +1,114 @@
+"""Segment-everything speed: our generator against the official MobileSAM one, same weights, same thresholds.
+
+For each grid size and threshold setting, the two generators run in turn on the same image (one pair per round;
+the medians and the median ratio are reported) and their masks are compared: the counts, and the IoU of each
+official mask with our mask from the same point prompt (the lowest is reported).
+
+Random weights predict IoUs of about -0.4..0.3 and logits within +-1, so SAM's default thresholds keep no mask;
+that setting measures the decoding and the filters. The "open" setting keeps about half the candidates (no NMS:
+random masks all span the image), which measures the upsampling and the output of many (noise-like) masks.
+
+    python scripts/benchmark.py everything --image 810x1080 --grids 16,32 --settings default,open
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+
+SETTINGS = {
+    "default": {},
+    "open": {
+        "pred_iou_thresh": 0.02,
+        "stability_score_offset": 0.1,
+        "stability_score_thresh": 0.02,
+        "box_nms_thresh": 1.0,
+    },
+}
+
+
+def scene(h: int, w: int) -> np.ndarray:
+    """A generated photo-like image: noise, a disc and a rectangle."""
+    rng = np.random.default_rng(0)
+    img = rng.normal(90, 20, (h, w, 3)).clip(0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    img[(yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (h // 4) ** 2] = [220, 60, 50]
+    img[h // 2 :, w // 2 :] = [40, 160, 230]
+    return img
+
+
+def agreement(ref: list[dict], got: list[dict]) -> float:
+    """Lowest IoU of an official mask with the best of our masks from the same point prompt (1.0 if none)."""
+    by_point: dict[tuple, list[np.ndarray]] = {}
+    for r in got:
+        by_point.setdefault(tuple(r["point_coords"][0]), []).append(r["segmentation"])
+    worst = 1.0
+    for r in ref:
+        a = r["segmentation"]
+        best = 0.0
+        for b in by_point.get(tuple(r["point_coords"][0]), []):
+            union = np.count_nonzero(a | b)
+            best = max(best, np.count_nonzero(a & b) / union if union else 1.0)
+        worst = min(worst, best)
+    return worst
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="benchmark.py everything", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--image", default="810x1080", help="HxW of the generated test image (default 810x1080)")
+    ap.add_argument("--grids", default="16,32", help="points per side, comma-separated (default 16,32)")
+    ap.add_argument("--settings", default="default,open", help=f"threshold settings from {list(SETTINGS)}")
+    ap.add_argument("--rounds", type=int, default=1, help="official/ours pairs per setting (default 1)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mobile_sam
+
+    from mobilesam import SamAutomaticMaskGenerator, SamPredictor, build_sam
+    from tests.helpers import perturb_, refresh_official
+
+    torch.manual_seed(0)
+    official = refresh_official(perturb_(mobile_sam.sam_model_registry["vit_t"]())).to(args.device)
+    ours = build_sam("vit_t").to(args.device)
+    ours.load_state_dict(official.state_dict())
+    h, w = (int(v) for v in args.image.split("x"))
+    img = scene(h, w)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, image {h}x{w}, random weights")
+    with torch.no_grad():  # warm-up: first calls pay one-time costs
+        mobile_sam.SamPredictor(official).set_image(img[:64, :64])
+        SamPredictor(ours).set_image(img[:64, :64])
+
+    for grid in (int(g) for g in args.grids.split(",")):
+        for name in args.settings.split(","):
+            opts = {"points_per_side": grid, **SETTINGS[name]}
+            ref_gen = mobile_sam.SamAutomaticMaskGenerator(official, **opts)
+            our_gen = SamAutomaticMaskGenerator(ours, **opts)
+            pairs = []
+            for _ in range(args.rounds):
+                t = time.perf_counter()
+                ref = ref_gen.generate(img)
+                a = time.perf_counter() - t
+                t = time.perf_counter()
+                got = our_gen.generate(img)
+                b = time.perf_counter() - t
+                pairs.append((a, b))
+            off = statistics.median(a for a, _ in pairs)
+            own = statistics.median(b for _, b in pairs)
+            ratio = statistics.median(b / a for a, b in pairs)
+            print(
+                f"{grid}x{grid} grid, {name} thresholds: official {off:.1f} s, ours {own:.1f} s, ratio {ratio:.2f} "
+                f"(median of {len(pairs)}); masks official {len(ref)}, ours {len(got)}, "
+                f"lowest IoU {agreement(ref, got):.4f}",
+                flush=True,
+            )
+    return 0
