@@ -55,13 +55,17 @@ class _Axis:
         )  # size x 3: the low rows of each cell's window (clamped at the edge, as the kernels clamp)
 
 
-def _window_extremes(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """Min and max of x[i], x[i+1], x[i+2] along `dim`, the last index repeated past the end."""
-    n = x.shape[dim]
-    last = x.narrow(dim, n - 1, 1)
-    next1 = torch.cat([x.narrow(dim, 1, n - 1), last], dim)
-    next2 = torch.cat([next1.narrow(dim, 1, n - 1), last], dim)
-    return torch.minimum(torch.minimum(x, next1), next2), torch.maximum(torch.maximum(x, next1), next2)
+def _window3(x: Tensor, op) -> Tensor:
+    """`op` (torch.minimum or torch.maximum) over each cell's window x[:, i..i+2, j..j+2], clamped at the edge."""
+    out = x.clone()
+    for dim in (1, 2):
+        n = out.shape[dim]
+        src = out.clone() if n > 1 else out
+        for shift in (1, 2):
+            if n > shift:
+                head = out.narrow(dim, 0, n - shift)
+                op(head, src.narrow(dim, shift, n - shift), out=head)
+    return out
 
 
 class LogitUpsampler:
@@ -83,20 +87,26 @@ class LogitUpsampler:
         self.rows = _Axis(low, factor, self.input_size[0], self.original_size[0], dev)
         self.cols = _Axis(low, factor, self.input_size[1], self.original_size[1], dev)
         self.cell_pixels = self.rows.count[:, None] * self.cols.count[None, :]  # output pixels per cell
+        self.has_pixels = self.cell_pixels > 0
+        # float64 sums of pixel counts are exact (float32 would not be above 2^24 pixels)
+        self.pixel_weights = self.cell_pixels.flatten().double()
 
     def _split(self, logits: Tensor, levels: tuple[float, ...]) -> tuple[Tensor, Tensor, Tensor]:
-        """Each cell's window minimum, the border cells (windows straddling a level), and the masks to do densely."""
+        """Cell levels, border cells and the masks to do densely, for Nx(L)x(L) logits and thresholds `levels`.
+
+        Returns:
+            Nxhxw int32 number of `sorted(set(levels))` below each cell's window minimum (for a cell that is not a
+            border cell, the index of the band every output pixel of the cell lies in); Nxhxw bool border cells
+            (windows straddling a level); N bool masks with so much border that the dense path is cheaper.
+        """
         x = logits[:, : self.rows.size, : self.cols.size]
-        rmin, rmax = _window_extremes(x, 1)
-        wmin, _ = _window_extremes(rmin, 2)
-        _, wmax = _window_extremes(rmax, 2)
-        border = torch.zeros_like(wmin, dtype=torch.bool)
-        for t in levels:
-            border |= (wmin <= t) & (wmax > t)
-        border &= self.cell_pixels > 0
-        in_border = (border * self.cell_pixels).flatten(1).sum(1)
+        bounds = torch.tensor(sorted(set(levels)), dtype=x.dtype, device=x.device)
+        low = torch.bucketize(_window3(x, torch.minimum), bounds, out_int32=True)
+        high = torch.bucketize(_window3(x, torch.maximum), bounds, out_int32=True)
+        border = (low != high) & self.has_pixels
+        in_border = border.flatten(1).to(self.pixel_weights.dtype) @ self.pixel_weights
         dense = in_border > DENSE_FRACTION * self.original_size[0] * self.original_size[1]
-        return wmin, border, dense
+        return low, border, dense
 
     def _border_blocks(self, logits: Tensor, border: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Output logits of the border cells: (mask index, cell row, cell column, blocks B x span_y x span_x)."""
@@ -122,22 +132,30 @@ class LogitUpsampler:
             (x2, y2 inclusive; zeros when empty).
         """
         n = len(logits)
-        wmin, border, dense = self._split(logits, (*thresholds, box_threshold))
+        levels = sorted({*thresholds, box_threshold})
+        band, border, dense = self._split(logits, tuple(levels))
         counts = torch.zeros(n, len(thresholds), dtype=torch.int64, device=logits.device)
         boxes = torch.zeros(n, 4, device=logits.device)
 
         sparse = (~dense).nonzero().flatten()
         if len(sparse):
-            wm, bd = wmin[sparse], border[sparse]
+            bd = border[sparse]
+            # Decided cells: output pixels per band (bucket 0 holds the border cells), one pass
+            code = torch.where(bd, 0, band[sparse] + 1).flatten(1).long()
+            hist = torch.zeros(len(sparse), len(levels) + 2, dtype=torch.float64, device=logits.device)
+            hist.scatter_add_(1, code, self.pixel_weights.expand_as(code))
+            above = hist.flip(1).cumsum(1).flip(1)  # above[:, b]: pixels in bands >= b
             plane, ci, cj, blocks = self._border_blocks(logits[sparse], bd)
             valid = self._block_valid(ci, cj)
             for k, t in enumerate(thresholds):
-                decided = ((wm > t) & ~bd) * self.cell_pixels
+                # pixels above level j are in bands >= j + 1, i.e. codes >= j + 2
+                decided = above[:, levels.index(t) + 2].round().long()
                 exact = ((blocks > t) & valid).flatten(1).sum(1)
                 per_mask = torch.zeros(len(sparse), dtype=torch.int64, device=logits.device).index_add_(0, plane, exact)
-                counts[sparse, k] = decided.flatten(1).sum(1) + per_mask
+                counts[sparse, k] = decided + per_mask
             hit = (blocks > box_threshold) & valid
-            boxes[sparse] = self._boxes((wm > box_threshold) & ~bd, plane, ci, cj, hit)
+            cells = (band[sparse] > levels.index(box_threshold)) & ~bd
+            boxes[sparse] = self._boxes(cells, plane, ci, cj, hit)
         for chunk in dense.nonzero().flatten().split(DENSE_CHUNK):
             full = self._dense(logits[chunk]).flatten(1)
             for k, t in enumerate(thresholds):
@@ -149,7 +167,7 @@ class LogitUpsampler:
         """Tight boxes from the decided cells above the threshold and the border-cell pixels above it."""
         r, c = self.rows, self.cols
         n = len(cells)
-        cells = cells & (self.cell_pixels > 0)
+        cells = cells & self.has_pixels
         big = max(self.original_size) + 1
         any_row, any_col = cells.any(2), cells.any(1)  # N x h, N x w
         y1 = torch.where(any_row, r.start, big).amin(1)
@@ -169,13 +187,13 @@ class LogitUpsampler:
 
     def masks(self, logits: Tensor, threshold: float) -> Tensor:
         """`postprocess_masks(logits, ...) > threshold`: Nx(L)x(L) logits -> NxHxW bool masks."""
-        wmin, border, dense = self._split(logits, (threshold,))
+        band, border, dense = self._split(logits, (threshold,))
         out = torch.empty(len(logits), *self.original_size, dtype=torch.bool, device=logits.device)
         sparse = (~dense).nonzero().flatten()
         if len(sparse):
             r, c = self.rows, self.cols
             bd = border[sparse]
-            decided = ((wmin[sparse] > threshold) & ~bd).to(torch.uint8)[:, None]
+            decided = ((band[sparse] > 0) & ~bd).to(torch.uint8)[:, None]
             full = _expand(decided, r.lo, c.lo)[:, 0]
             plane, ci, cj, blocks = self._border_blocks(logits[sparse], bd)
             b, yy, xx = self._block_valid(ci, cj).nonzero(as_tuple=True)
@@ -183,13 +201,13 @@ class LogitUpsampler:
             full[plane[b], r.start[ci][b] + yy, c.start[cj][b] + xx] = value.to(torch.uint8)
             out[sparse] = full.view(torch.bool)
         for chunk in dense.nonzero().flatten().split(DENSE_CHUNK):
-            out[chunk] = self._dense(logits[chunk], threshold)
+            # Thresholding the float logits (`upsample_binary`'s own border test would find border everywhere)
+            out[chunk] = self._dense(logits[chunk]) > threshold
         return out
 
-    def _dense(self, logits: Tensor, threshold: float | None = None) -> Tensor:
-        """`Sam.postprocess_masks` of Nx(L)x(L) logits: NxHxW floats, or bools with a threshold."""
-        out = self.model.postprocess_masks(logits[:, None], self.input_size, self.original_size, threshold)
-        return out[:, 0]
+    def _dense(self, logits: Tensor) -> Tensor:
+        """`Sam.postprocess_masks` of Nx(L)x(L) logits: NxHxW float logits at the original size."""
+        return self.model.postprocess_masks(logits[:, None], self.input_size, self.original_size)[:, 0]
 
 
 def _count_above(x: Tensor, t: float) -> Tensor:

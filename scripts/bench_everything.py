@@ -58,12 +58,66 @@ def agreement(ref: list[dict], got: list[dict]) -> float:
     return worst
 
 
+def object_logits(n: int, seed: int = 0) -> torch.Tensor:
+    """n 256x256 low-resolution logits shaped like objects (ellipses, slope ~ trained SAM's), varied sizes."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    out = []
+    for _ in range(n):
+        cx, cy = torch.rand(2, generator=g) * 256
+        rx, ry = torch.rand(2, generator=g) * 60 + 4
+        out.append((40 * (1 - ((xx - cx) / rx) ** 2 - ((yy - cy) / ry) ** 2)).clamp(min=-20))
+    return torch.stack(out)
+
+
+def _bench_stats(official, ours, size: tuple[int, int], rounds: int) -> None:
+    """Stability scores and boxes of 64 object-shaped masks: the official full-resolution way against ours."""
+    from mobile_sam.utils.amg import batched_mask_to_box, calculate_stability_score
+
+    from mobilesam.mask_stats import LogitUpsampler
+    from mobilesam.transforms import preprocess_shape
+
+    logits = object_logits(64)
+    input_size = preprocess_shape(*size, 1024)
+    up = LogitUpsampler(ours, input_size, size)
+
+    def reference():
+        full = official.postprocess_masks(logits[:, None], input_size, size)[:, 0]
+        return calculate_stability_score(full, 0.0, 1.0), batched_mask_to_box(full > 0)
+
+    def own():
+        counts, boxes = up.stats(logits, (1.0, -1.0), 0.0)
+        return counts[:, 0].int() / counts[:, 1].int(), boxes
+
+    pairs, agree = [], True
+    with torch.no_grad():
+        for _ in range(rounds):
+            t = time.perf_counter()
+            ref = reference()
+            a = time.perf_counter() - t
+            t = time.perf_counter()
+            got = own()
+            b = time.perf_counter() - t
+            pairs.append((a, b))
+            agree &= torch.equal(ref[1].float(), got[1]) and float((ref[0] - got[0]).abs().max()) < 1e-5
+    off = statistics.median(a for a, _ in pairs)
+    own_t = statistics.median(b for _, b in pairs)
+    ratio = statistics.median(b / a for a, b in pairs)
+    print(
+        f"stability + box of 64 object-shaped masks at {size[0]}x{size[1]}: official {off * 1e3:.0f} ms, "
+        f"ours {own_t * 1e3:.0f} ms, ratio {ratio:.2f} (median of {rounds}); "
+        f"{'equal' if agree else 'DIFFERENT'} (boxes exact, stability within 1e-5)",
+        flush=True,
+    )
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="benchmark.py everything", description=__doc__.split("\n\n")[0])
     ap.add_argument("--image", default="810x1080", help="HxW of the generated test image (default 810x1080)")
     ap.add_argument("--grids", default="16,32", help="points per side, comma-separated (default 16,32)")
     ap.add_argument("--settings", default="default,open", help=f"threshold settings from {list(SETTINGS)}")
     ap.add_argument("--rounds", type=int, default=1, help="official/ours pairs per setting (default 1)")
+    ap.add_argument("--stats-rounds", type=int, default=5, help="rounds of the mask-statistics comparison (0: skip)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -88,7 +142,9 @@ def main(argv: list[str]) -> int:
         mobile_sam.SamPredictor(official).set_image(img[:64, :64])
         SamPredictor(ours).set_image(img[:64, :64])
 
-    for grid in (int(g) for g in args.grids.split(",")):
+    if args.stats_rounds:
+        _bench_stats(official, ours, (h, w), args.stats_rounds)
+    for grid in (int(g) for g in args.grids.split(",") if g):
         for name in args.settings.split(","):
             opts = {"points_per_side": grid, **SETTINGS[name]}
             ref_gen = mobile_sam.SamAutomaticMaskGenerator(official, **opts)
