@@ -1,6 +1,8 @@
 """Segment-everything speed: our generator against the official MobileSAM one, same weights, same thresholds.
 
-For each grid size and threshold setting, the two generators run in turn on the same image (one pair per round;
+First the two parts that changed, each against its official counterpart: decoding 64 point prompts, and the
+stability scores and boxes of 64 object-shaped masks (trained weights give those; random weights give noise).
+Then, for each grid size and threshold setting, the two generators run in turn on the same image (one pair per round;
 the medians and the median ratio are reported) and their masks are compared: the counts, and the IoU of each
 official mask with our mask from the same point prompt (the lowest is reported).
 
@@ -17,6 +19,7 @@ import argparse
 import statistics
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -30,16 +33,6 @@ SETTINGS = {
         "box_nms_thresh": 1.0,
     },
 }
-
-
-def scene(h: int, w: int) -> np.ndarray:
-    """A generated photo-like image: noise, a disc and a rectangle."""
-    rng = np.random.default_rng(0)
-    img = rng.normal(90, 20, (h, w, 3)).clip(0, 255).astype(np.uint8)
-    yy, xx = np.mgrid[:h, :w]
-    img[(yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (h // 4) ** 2] = [220, 60, 50]
-    img[h // 2 :, w // 2 :] = [40, 160, 230]
-    return img
 
 
 def agreement(ref: list[dict], got: list[dict]) -> float:
@@ -58,16 +51,26 @@ def agreement(ref: list[dict], got: list[dict]) -> float:
     return worst
 
 
-def object_logits(n: int, seed: int = 0) -> torch.Tensor:
-    """n 256x256 low-resolution logits shaped like objects (ellipses, slope ~ trained SAM's), varied sizes."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
-    out = []
-    for _ in range(n):
-        cx, cy = torch.rand(2, generator=g) * 256
-        rx, ry = torch.rand(2, generator=g) * 60 + 4
-        out.append((40 * (1 - ((xx - cx) / rx) ** 2 - ((yy - cy) / ry) ** 2)).clamp(min=-20))
-    return torch.stack(out)
+def interleaved(a, b, rounds: int) -> tuple[list[tuple[float, float]], tuple]:
+    """Runs a() then b() `rounds` times: the (seconds a, seconds b) of each round, and the last two results."""
+    pairs = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        ra = a()
+        ta = time.perf_counter() - t
+        t = time.perf_counter()
+        rb = b()
+        pairs.append((ta, time.perf_counter() - t))
+    return pairs, (ra, rb)
+
+
+def medians(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """Median time of each side and the median of the per-round ratios b / a."""
+    return (
+        statistics.median(a for a, _ in pairs),
+        statistics.median(b for _, b in pairs),
+        statistics.median(b / a for a, b in pairs),
+    )
 
 
 def _bench_stats(official, ours, size: tuple[int, int], rounds: int) -> None:
@@ -76,8 +79,9 @@ def _bench_stats(official, ours, size: tuple[int, int], rounds: int) -> None:
 
     from mobilesam.mask_stats import LogitUpsampler
     from mobilesam.transforms import preprocess_shape
+    from tests.helpers import object_logits
 
-    logits = object_logits(64)
+    logits = object_logits(64, 40.0, 0)
     input_size = preprocess_shape(*size, 1024)
     up = LogitUpsampler(ours, input_size, size)
 
@@ -89,24 +93,39 @@ def _bench_stats(official, ours, size: tuple[int, int], rounds: int) -> None:
         counts, boxes = up.stats(logits, (1.0, -1.0), 0.0)
         return counts[:, 0].int() / counts[:, 1].int(), boxes
 
-    pairs, agree = [], True
     with torch.no_grad():
-        for _ in range(rounds):
-            t = time.perf_counter()
-            ref = reference()
-            a = time.perf_counter() - t
-            t = time.perf_counter()
-            got = own()
-            b = time.perf_counter() - t
-            pairs.append((a, b))
-            agree &= torch.equal(ref[1].float(), got[1]) and float((ref[0] - got[0]).abs().max()) < 1e-5
-    off = statistics.median(a for a, _ in pairs)
-    own_t = statistics.median(b for _, b in pairs)
-    ratio = statistics.median(b / a for a, b in pairs)
+        pairs, ((ref_stab, ref_box), (stab, box)) = interleaved(reference, own, rounds)
+    stab_err = float((ref_stab - stab).nan_to_num(0.0).abs().max())  # nan: an empty mask, 0 / 0 on both sides
+    off, own_t, ratio = medians(pairs)
     print(
         f"stability + box of 64 object-shaped masks at {size[0]}x{size[1]}: official {off * 1e3:.0f} ms, "
-        f"ours {own_t * 1e3:.0f} ms, ratio {ratio:.2f} (median of {rounds}); "
-        f"{'equal' if agree else 'DIFFERENT'} (boxes exact, stability within 1e-5)",
+        f"ours {own_t * 1e3:.0f} ms, ratio {ratio:.2f} (median of {rounds}); boxes "
+        f"{'equal' if torch.equal(ref_box.float(), box) else 'DIFFERENT'}, stability max diff {stab_err:.1e}",
+        flush=True,
+    )
+
+
+def _bench_decode(official, ours, rounds: int) -> None:
+    """Decoding 64 point prompts on one image embedding: the official mask decoder against `grid_decoder`."""
+    from mobilesam.grid_decoder import decode
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 256, 64, 64, generator=g)
+    coords, labels = torch.rand(64, 1, 2, generator=g) * 1024, torch.ones(64, 1, dtype=torch.int)
+
+    def reference():
+        pe = official.prompt_encoder
+        sparse, dense = pe((coords, labels), None, None)
+        return official.mask_decoder(features, pe.get_dense_pe(), sparse, dense, True)
+
+    with torch.no_grad():
+        grid_decode = partial(decode, ours, features, coords, labels)
+        pairs, ((ref_masks, _), (masks, _)) = interleaved(reference, grid_decode, rounds)
+    err = float((masks - ref_masks).abs().max() / ref_masks.abs().max())
+    off, own, ratio = medians(pairs)
+    print(
+        f"decode 64 points, 3 masks each: official {off * 1e3:.0f} ms, ours {own * 1e3:.0f} ms, ratio {ratio:.2f} "
+        f"(median of {rounds}); mask logits relative error {err:.1e}",
         flush=True,
     )
 
@@ -117,7 +136,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--grids", default="16,32", help="points per side, comma-separated (default 16,32)")
     ap.add_argument("--settings", default="default,open", help=f"threshold settings from {list(SETTINGS)}")
     ap.add_argument("--rounds", type=int, default=1, help="official/ours pairs per setting (default 1)")
-    ap.add_argument("--stats-rounds", type=int, default=5, help="rounds of the mask-statistics comparison (0: skip)")
+    ap.add_argument("--parts-rounds", type=int, default=5, help="rounds of the decoder and mask-statistics timings")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -128,7 +147,7 @@ def main(argv: list[str]) -> int:
         import mobile_sam
 
     from mobilesam import SamAutomaticMaskGenerator, SamPredictor, build_sam
-    from tests.helpers import perturb_, refresh_official
+    from tests.helpers import perturb_, refresh_official, scene
 
     torch.manual_seed(0)
     official = refresh_official(perturb_(mobile_sam.sam_model_registry["vit_t"]())).to(args.device)
@@ -142,25 +161,16 @@ def main(argv: list[str]) -> int:
         mobile_sam.SamPredictor(official).set_image(img[:64, :64])
         SamPredictor(ours).set_image(img[:64, :64])
 
-    if args.stats_rounds:
-        _bench_stats(official, ours, (h, w), args.stats_rounds)
+    if args.parts_rounds:
+        _bench_decode(official, ours, args.parts_rounds)
+        _bench_stats(official, ours, (h, w), args.parts_rounds)
     for grid in (int(g) for g in args.grids.split(",") if g):
         for name in args.settings.split(","):
             opts = {"points_per_side": grid, **SETTINGS[name]}
             ref_gen = mobile_sam.SamAutomaticMaskGenerator(official, **opts)
             our_gen = SamAutomaticMaskGenerator(ours, **opts)
-            pairs = []
-            for _ in range(args.rounds):
-                t = time.perf_counter()
-                ref = ref_gen.generate(img)
-                a = time.perf_counter() - t
-                t = time.perf_counter()
-                got = our_gen.generate(img)
-                b = time.perf_counter() - t
-                pairs.append((a, b))
-            off = statistics.median(a for a, _ in pairs)
-            own = statistics.median(b for _, b in pairs)
-            ratio = statistics.median(b / a for a, b in pairs)
+            pairs, (ref, got) = interleaved(partial(ref_gen.generate, img), partial(our_gen.generate, img), args.rounds)
+            off, own, ratio = medians(pairs)
             print(
                 f"{grid}x{grid} grid, {name} thresholds: official {off:.1f} s, ours {own:.1f} s, ratio {ratio:.2f} "
                 f"(median of {len(pairs)}); masks official {len(ref)}, ours {len(got)}, "

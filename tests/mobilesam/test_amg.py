@@ -18,21 +18,12 @@ from mobilesam.io import ImageReadError
 from mobilesam.masks import masks_to_boxes
 from mobilesam.prompts import PromptError
 from mobilesam.transforms import preprocess_shape
-from tests.helpers import rel_err
+from tests.helpers import object_logits, rel_err, scene
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import mobile_sam
     from mobile_sam.utils import amg as official_amg
-
-
-def scene(h: int = 240, w: int = 320) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    img = rng.normal(90, 20, (h, w, 3)).clip(0, 255).astype(np.uint8)
-    yy, xx = np.mgrid[:h, :w]
-    img[(yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (h // 4) ** 2] = [220, 60, 50]
-    img[h // 2 :, w // 2 :] = [40, 160, 230]
-    return img
 
 
 def match(ref: list[dict], got: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -198,18 +189,6 @@ def test_grid_decoder_equals_mask_decoder(sam, points_per_prompt):
     assert rel_err(all_iou[:, 1:], want_iou) < 1e-4
 
 
-def shaped_logits(n: int, steepness: float, seed: int) -> torch.Tensor:
-    """Ellipse-shaped 256x256 logits (object-like masks) with the given slope."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
-    out = []
-    for _ in range(n):
-        cx, cy = torch.rand(2, generator=g) * 256
-        rx, ry = torch.rand(2, generator=g) * 80 + 2
-        out.append((steepness * (1 - ((xx - cx) / rx) ** 2 - ((yy - cy) / ry) ** 2)).clamp(min=-30))
-    return torch.stack(out)
-
-
 @pytest.mark.parametrize("size", [(810, 1080), (1500, 2250), (300, 200), (40, 900)])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_mask_stats_equal_official_postprocessing(vit_t_pair, monkeypatch, size, path):
@@ -219,8 +198,8 @@ def test_mask_stats_equal_official_postprocessing(vit_t_pair, monkeypatch, size,
     g = torch.Generator().manual_seed(1)
     logits = torch.cat(
         [
-            shaped_logits(6, 12.0, 0),  # gentle slopes: wide borders
-            shaped_logits(6, 200.0, 1),  # steep, as trained SAM logits
+            object_logits(6, 12.0, 0),  # gentle slopes: wide borders
+            object_logits(6, 200.0, 1),  # steep, as trained SAM logits
             torch.randn(1, 256, 256, generator=g) * 0.5,  # noise, as random weights
             torch.full((1, 256, 256), -3.0),  # empty
         ]
