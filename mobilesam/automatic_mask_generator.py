@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_area
 
 from . import amg
 from .grid_decoder import decode_tokens, upscale
@@ -210,12 +209,9 @@ class SamAutomaticMaskGenerator:
         order = torch.arange(len(owner))
         if len(crop_boxes) > 1:
             # Remove duplicates between crops, preferring masks from smaller crops
-            order = batched_nms(
-                data["boxes"].float(),
-                1 / box_area(crop_xyxy.float()),
-                torch.zeros(len(owner), dtype=torch.int64),
-                self.crop_nms_thresh,
-            )
+            from torchvision.ops import box_area
+
+            order = _nms(data["boxes"], 1 / box_area(crop_xyxy.float()), self.crop_nms_thresh)
         start = torch.tensor([0] + [len(c["iou_preds"]) for c in crops]).cumsum(0)
         masks = self._final_masks(crops, crop_boxes, owner[order], order - start[owner[order]], orig_size)
         result = MaskSet(
@@ -247,9 +243,7 @@ class SamAutomaticMaskGenerator:
         data = found.cat() if found.iou_preds else _empty(self.model)
 
         # Remove duplicates within this crop
-        keep = batched_nms(
-            data["boxes"].float(), data["iou_preds"], torch.zeros_like(data["iou_preds"]), self.box_nms_thresh
-        )
+        keep = _nms(data["boxes"], data["iou_preds"], self.box_nms_thresh)
         data = {k: v[keep.to(v.device)] for k, v in data.items()}
         data["boxes"] = data["boxes"] + torch.tensor([x0, y0, x0, y0], dtype=data["boxes"].dtype)
         data["points"] = data["points"] + torch.tensor([x0, y0], dtype=torch.float64)
@@ -339,9 +333,7 @@ class SamAutomaticMaskGenerator:
         masks = torch.stack(masks)
         scores = torch.tensor(unchanged)
         boxes = masks_to_boxes(masks)
-        keep = batched_nms(
-            boxes, scores, torch.zeros(len(scores), dtype=torch.int64), max(self.box_nms_thresh, self.crop_nms_thresh)
-        )
+        keep = _nms(boxes, scores, max(self.box_nms_thresh, self.crop_nms_thresh))
         changed = scores == 0
         new_boxes = torch.where(changed[:, None], boxes.to(result.boxes.dtype), result.boxes)
         new_masks = torch.where(changed[:, None, None], masks, result.masks)
@@ -353,6 +345,13 @@ class SamAutomaticMaskGenerator:
             points=result.points[keep],
             crop_boxes=result.crop_boxes[keep],
         )
+
+
+def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Indices of the boxes NMS keeps, highest score first (torchvision's, called as segment-anything calls it)."""
+    from torchvision.ops import batched_nms  # imported here: `import mobilesam` stays free of torchvision
+
+    return batched_nms(boxes.float(), scores, torch.zeros(len(scores), dtype=torch.int64), iou_threshold)
 
 
 def _empty(model: Sam) -> dict[str, Tensor]:
