@@ -79,10 +79,10 @@ def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, m
     return Path(path)
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Reads a flat state dict with `torch.load(weights_only=True)`; never runs code from the file.
+def load_file(path: str | os.PathLike) -> Any:
+    """Reads any checkpoint file with `torch.load(weights_only=True)` (plain containers and tensors only).
 
-    Wrapper prefixes (`module.`, `_orig_mod.`) are removed. A Lightning checkpoint is refused with a hint.
+    A file that holds other objects is refused: unpickling it could run code.
     """
     path = Path(path)
     if not path.is_file():
@@ -92,7 +92,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             "`python train.py`"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensor file and unpickling it could run code "
@@ -100,14 +100,32 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         ) from e
     except Exception as e:  # zip errors, truncated files
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-    if isinstance(obj, dict) and "state_dict" in obj and "pytorch-lightning_version" in obj:
+
+
+def is_lightning_checkpoint(obj: Any) -> bool:
+    """True for the dict that Lightning's `Trainer.save_checkpoint` writes."""
+    return isinstance(obj, dict) and "state_dict" in obj and "pytorch-lightning_version" in obj
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Reads a flat state dict with `torch.load(weights_only=True)`; never runs code from the file.
+
+    Wrapper prefixes (`module.`, `_orig_mod.`) are removed. A Lightning checkpoint is refused with a hint.
+    """
+    obj = load_file(path)
+    if is_lightning_checkpoint(obj):
         raise CheckpointError(
             f"{path} is a Lightning training checkpoint; convert it with `mobilesam export {path} --out DIR`"
         )
+    return flat_state_dict(obj, str(path))
+
+
+def flat_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
+    """A loaded file's flat state dict (a `{"model": ...}` wrapper is opened), wrapper prefixes removed."""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a flat state dict of tensors (found {type(obj).__name__})")
+        raise CheckpointError(f"{source} does not hold a flat state dict of tensors (found {type(obj).__name__})")
     return {strip_prefixes(k): v for k, v in obj.items()}
 
 

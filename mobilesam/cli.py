@@ -1,4 +1,4 @@
-"""The `mobilesam` console command: `predict`, `info`, `everything` (and the subcommands other modules register)."""
+"""The `mobilesam` console command: `predict`, `info`, `export`, `everything`."""
 
 from __future__ import annotations
 
@@ -192,12 +192,52 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="mobile_sam.pt, a SAM checkpoint (sam_vit_b_01ec64.pth, ...) or a training .ckpt")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--onnx", action="store_true", help="also write encoder.onnx and decoder.onnx")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--quantize", action="store_true", help="also write dynamic int8 ONNX files (implies --onnx)")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="input size, when the source does not say (default: its sidecar, "
+        "the training checkpoint's hyper-parameters, else 1024)",
+    )
+    p.add_argument(
+        "--single-mask", action="store_true", help="the ONNX decoder returns one mask, picked as SAM's exported one"
+    )
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .export import export
+
+    try:
+        written = export(
+            args.source,
+            args.out,
+            onnx=args.onnx,
+            opset=args.opset,
+            quantize=args.quantize,
+            img_size=args.img_size,
+            single_mask=args.single_mask,
+        )
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+    for role, path in written.items():
+        print(f"{role:<13}{path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilesam", description="MobileSAM and SAM from the command line")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "predict": ("segment prompted objects and write an overlay PNG", _add_predict, _run_predict),
         "info": ("describe a checkpoint and check that it loads strictly", _add_info, _run_info),
+        "export": ("write the official weights file and, with --onnx, ONNX graphs", _add_export, _run_export),
         "everything": ("segment everything in an image and write an overlay PNG", _add_everything, _run_everything),
     }
     for name, (help, add, run) in commands.items():

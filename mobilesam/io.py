@@ -11,13 +11,15 @@ Conversion rule (the README repeats it):
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageSource = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+# torch is not imported here: the ONNX runtime predictor reads images with this module and runs without PyTorch.
+ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, "torch.Tensor"]  # noqa: F821, UP007
 
 
 class ImageReadError(ValueError):
@@ -95,7 +97,8 @@ def load_image(source: ImageSource) -> np.ndarray:
             raise ImageReadError(f"cannot read image {path}: {e}") from e
     if isinstance(source, Image.Image):
         return pil_to_rgb(source)
-    if isinstance(source, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor can only come from a process that imported torch
+    if torch is not None and isinstance(source, torch.Tensor):
         t = source.detach().cpu()
         if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[2] not in (1, 3, 4):
             t = t.permute(1, 2, 0)  # CHW -> HWC

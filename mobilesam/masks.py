@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .modeling.common import is_tracing
+
+
+def upscale_unpadded(logits: Tensor, input_size: tuple[int, int], img_size: int) -> Tensor:
+    """Low-resolution mask logits of the padded input frame -> logits at the unpadded input size.
+
+    Equal to SAM's upscale to img_size x img_size followed by a crop to `input_size`, but only the low-resolution
+    rows and columns that reach the unpadded region are upscaled (one more than needed, so the bilinear weights
+    at the crop border are the same as on the full grid).
+
+    Args:
+        logits: BxCx(img_size/4)x(img_size/4).
+        input_size: (h, w) of the resized image inside the padded frame.
+
+    Returns:
+        BxCxhxw logits.
+    """
+    low = logits.shape[-1]
+    factor = img_size // low
+    keep_h = min(low, math.ceil(input_size[0] / factor) + 1)
+    keep_w = min(low, math.ceil(input_size[1] / factor) + 1)
+    logits = logits[..., :keep_h, :keep_w]
+    logits = F.interpolate(logits, (keep_h * factor, keep_w * factor), mode="bilinear", align_corners=False)
+    return logits[..., : input_size[0], : input_size[1]]
 
 
 def masks_to_boxes(masks: Tensor) -> Tensor:

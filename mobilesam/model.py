@@ -17,7 +17,7 @@ from .build import build_sam
 from .io import ImageSource, load_image
 from .masks import masks_to_boxes
 from .predictor import SamPredictor
-from .prompts import PromptError, check_inside, parse_boxes, parse_points
+from .prompts import PromptError, check_inside, parse_prompts
 from .viz import overlay
 
 
@@ -123,15 +123,7 @@ class SAM:
             One `Results` per image.
         """
         sources = list(source) if isinstance(source, (list, tuple)) else [source]
-        if points is None and labels is not None:
-            raise PromptError("labels were given without points")
-        pts, labs = parse_points(points, labels) if points is not None else (None, None)
-        boxes = parse_boxes(bboxes) if bboxes is not None else None
-        if pts is not None and boxes is not None and len(pts) != len(boxes):
-            raise PromptError(
-                f"{len(pts)} point sets and {len(boxes)} boxes were given; with both, object i takes point set i and "
-                "box i, so the counts must match"
-            )
+        pts, labs, boxes = parse_prompts(points, labels, bboxes)
         if pts is None and boxes is None:
             return [self._everything(s, everything_options or {}) for s in sources]
         if everything_options:

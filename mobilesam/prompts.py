@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # not imported at run time: the ONNX runtime predictor parses prompts without PyTorch
+    import torch
+    from torch import Tensor
 
 
 class PromptError(ValueError):
     """Prompts of the wrong shape, or outside the image."""
 
 
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")  # a tensor can only come from a process that imported torch
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def _array(value: Any, name: str) -> np.ndarray:
-    if isinstance(value, Tensor):
+    if _is_tensor(value):
         value = value.detach().cpu().numpy()
     try:
         a = np.asarray(value, dtype=np.float64)
@@ -69,9 +77,28 @@ def parse_boxes(boxes: Any) -> np.ndarray:
     return b
 
 
+def parse_prompts(
+    points: Any, labels: Any, bboxes: Any
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The facade's prompts -> (N x K x 2 points, N x K labels, N x 4 boxes), each None when not given.
+
+    With both points and boxes, object i takes point set i and box i, so their counts must match.
+    """
+    if points is None and labels is not None:
+        raise PromptError("labels were given without points")
+    pts, labs = parse_points(points, labels) if points is not None else (None, None)
+    boxes = parse_boxes(bboxes) if bboxes is not None else None
+    if pts is not None and boxes is not None and len(pts) != len(boxes):
+        raise PromptError(
+            f"{len(pts)} point sets and {len(boxes)} boxes were given; with both, object i takes point set i and "
+            "box i, so the counts must match"
+        )
+    return pts, labs, boxes
+
+
 def check_inside(coords: np.ndarray | Tensor, size: Sequence[int], name: str) -> None:
     """Refuses (x, y) coordinates outside an image of `size` (H, W); the edges themselves are allowed."""
-    c = coords.detach().cpu().numpy() if isinstance(coords, Tensor) else np.asarray(coords)
+    c = coords.detach().cpu().numpy() if _is_tensor(coords) else np.asarray(coords)
     c = c.reshape(-1, 2)
     h, w = size[0], size[1]
     bad = (c[:, 0] < 0) | (c[:, 0] > w) | (c[:, 1] < 0) | (c[:, 1] > h)
@@ -93,5 +120,8 @@ def check_point_shapes(coords: Tensor | np.ndarray, labels: Tensor | np.ndarray 
         raise PromptError(f"point_coords has shape {cs} but point_labels has shape {ls}; expected {form}")
 
 
-def to_tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    return torch.as_tensor(a, dtype=dtype, device=device)
+def to_tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """`a` as a tensor on `device` (float32 unless `dtype` says otherwise)."""
+    import torch
+
+    return torch.as_tensor(a, dtype=dtype or torch.float32, device=device)

@@ -6,11 +6,13 @@ learns from are the pixels the predictor feeds it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor
+
+if TYPE_CHECKING:  # the torch methods import it when called: the PIL path runs without PyTorch (mobilesam.onnx)
+    from torch import Tensor
 
 
 def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
@@ -55,11 +57,15 @@ class ResizeLongestSide:
 
     def apply_image_torch(self, image: Tensor) -> Tensor:
         """BxCxHxW float images -> resized with antialiased bilinear interpolation (close to, not equal to, PIL)."""
+        import torch.nn.functional as F
+
         size = preprocess_shape(image.shape[2], image.shape[3], self.target_length)
         return F.interpolate(image, size, mode="bilinear", align_corners=False, antialias=True)
 
     def apply_coords_torch(self, coords: Tensor, original_size: tuple[int, ...]) -> Tensor:
         """Tensor version of `apply_coords`."""
+        import torch
+
         new_h, new_w = preprocess_shape(original_size[0], original_size[1], self.target_length)
         scale = coords.new_tensor([new_w / original_size[1], new_h / original_size[0]], dtype=torch.float32)
         return coords.float() * scale

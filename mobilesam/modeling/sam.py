@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..masks import upsample_binary
+from ..masks import upsample_binary, upscale_unpadded
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -73,13 +72,7 @@ class Sam(nn.Module):
         crop border are the same as on the full grid). With a `threshold` the result is the boolean mask
         `logits > threshold`, and the last upscale interpolates only along the mask border (`upsample_binary`).
         """
-        low = masks.shape[-1]
-        factor = self.img_size // low
-        keep_h = min(low, math.ceil(input_size[0] / factor) + 1)
-        keep_w = min(low, math.ceil(input_size[1] / factor) + 1)
-        masks = masks[..., :keep_h, :keep_w]
-        masks = F.interpolate(masks, (keep_h * factor, keep_w * factor), mode="bilinear", align_corners=False)
-        masks = masks[..., : input_size[0], : input_size[1]]
+        masks = upscale_unpadded(masks, (int(input_size[0]), int(input_size[1])), self.img_size)
         if threshold is not None:
             return upsample_binary(masks, tuple(original_size), threshold)
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)

@@ -121,7 +121,11 @@ class Attention(nn.Module):
         # Per head the projection holds [q, k, v]; B x N x heads x d -> B x heads x N x d
         q, k, v = (t.transpose(1, 2) for t in qkv.split([self.key_dim, self.key_dim, self.d], dim=3))
         bias = self.bias().to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        if bias.requires_grad and q.device.type == "cpu":
+            # PyTorch's fused CPU kernel cannot return the bias gradient and falls back to a slower "math" path
+            x = torch.softmax((q * self.scale) @ k.transpose(-2, -1) + bias, dim=-1) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(b, n, -1))
 
 

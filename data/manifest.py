@@ -1,0 +1,136 @@
+"""The shard directory's bookkeeping: `dataset.json` (the manifest), the run plan, and per-shard commit records.
+
+A shard `shard-r{rank}-{chunk}.tar` is final once its record `shard-r{rank}-{chunk}.json` exists: the tar is
+renamed into place first, the record written (atomically) second, so a run killed between the two redoes that
+chunk. The manifest is assembled from the records when every chunk of every rank is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mobilesam.checkpoint import atomic_write
+
+from .codec import EMBED_DIM, ENCODINGS, PATCH, SCALE_KEY
+
+MANIFEST = "dataset.json"
+PLAN = "_plan.json"
+FORMAT_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A shard directory whose manifest is missing, malformed, or contradicts the request."""
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Writes `obj` as indented JSON, atomically."""
+    return atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+
+
+def shard_name(rank: int, chunk: int) -> str:
+    return f"shard-r{rank:03d}-{chunk:06d}.tar"
+
+
+def record_path(out_dir: Path, rank: int, chunk: int) -> Path:
+    return out_dir / shard_name(rank, chunk).replace(".tar", ".json")
+
+
+def inputs_digest(keys_and_sources: list[tuple[str, str]]) -> str:
+    """sha256 over the ordered (key, source) list: a resumed run must see the same inputs."""
+    h = hashlib.sha256()
+    for k, s in keys_and_sources:
+        h.update(f"{k}\t{s}\n".encode())
+    return h.hexdigest()
+
+
+def check_plan(out_dir: Path, plan: dict[str, Any]) -> None:
+    """Writes the run plan, or checks that an earlier run in `out_dir` had the same one (resume)."""
+    path = out_dir / PLAN
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in plan.items() if old.get(k) != v}
+        if diff:
+            lines = "; ".join(f"{k}: {a!r} before, {b!r} now" for k, (a, b) in diff.items())
+            raise ManifestError(
+                f"out_dir={out_dir} holds a run with other settings ({lines}). Resume with the same settings, "
+                "or write to a fresh out_dir."
+            )
+        return
+    write_json(path, plan)
+
+
+def chunk_ranges(n_inputs: int, rank: int, world: int, shard_size: int) -> list[list[int]]:
+    """Input indices of each chunk of `rank`: inputs rank, rank+world, ... in runs of `shard_size`."""
+    mine = list(range(rank, n_inputs, world))
+    return [mine[i : i + shard_size] for i in range(0, len(mine), shard_size)]
+
+
+def assemble_manifest(out_dir: Path, plan: dict[str, Any], skipped_at_listing: list[dict[str, str]]) -> bool:
+    """Writes dataset.json when every chunk of every rank is committed; returns whether it did."""
+    shards, skipped = [], list(skipped_at_listing)
+    for rank in range(plan["world_size"]):
+        for chunk, _ in enumerate(chunk_ranges(plan["inputs"], rank, plan["world_size"], plan["shard_size"])):
+            rec = record_path(out_dir, rank, chunk)
+            if not rec.is_file() or not (out_dir / shard_name(rank, chunk)).is_file():
+                return False
+            r = json.loads(rec.read_text())
+            shards.append({"name": r["shard"], "count": r["count"], "rank": rank})
+            skipped += r["skipped"]
+    grid = plan["img_size"] // PATCH
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "img_size": plan["img_size"],
+        "embedding": {
+            "encoding": plan["encoding"],
+            "shape": [EMBED_DIM, grid, grid],
+            "members": ["emb.npy"] + ([SCALE_KEY] if plan["encoding"] == "int8" else []),
+        },
+        "teacher": plan["teacher"],
+        "jpeg_quality": plan["jpeg_quality"],
+        "source": plan["source"],
+        "inputs": plan["inputs"],
+        "sample_count": sum(s["count"] for s in shards),
+        "skipped_count": len(skipped),
+        "shards": shards,
+        "skipped": skipped,
+    }
+    write_json(out_dir / MANIFEST, manifest)
+    return True
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """Reads and checks `root/dataset.json`.
+
+    Raises:
+        ManifestError: no manifest (the precompute has not finished), another format version, or missing fields.
+    """
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        partial = sorted(Path(root).glob("shard-*.json")) if Path(root).is_dir() else []
+        hint = (
+            f" ({len(partial)} shards are committed: the precompute has not finished; rerun it to resume)"
+            if partial
+            else " (run scripts/precompute_embeddings.py out_dir=... first)"
+        )
+        raise ManifestError(f"no {MANIFEST} in {root}{hint}")
+    try:
+        m = json.loads(path.read_text())
+    except ValueError as e:
+        raise ManifestError(f"{path} is not valid JSON: {e}") from e
+    if m.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(f"{path} has format_version {m.get('format_version')!r}; this code reads {FORMAT_VERSION}")
+    for k in ("img_size", "embedding", "sample_count", "shards", "teacher"):
+        if k not in m:
+            raise ManifestError(f"{path} lacks {k!r}")
+    enc = m["embedding"].get("encoding")
+    if enc not in ENCODINGS:
+        raise ManifestError(f"{path} declares embedding encoding {enc!r}; known: {ENCODINGS}")
+    grid = int(m["img_size"]) // PATCH
+    if list(m["embedding"].get("shape", [])) != [EMBED_DIM, grid, grid]:
+        shape = m["embedding"].get("shape")
+        raise ManifestError(f"{path}: embedding shape {shape} does not fit img_size {m['img_size']}")
+    return m

@@ -1,0 +1,208 @@
+"""The teacher precompute: inputs -> resized stored JPEG -> frozen teacher -> resumable webdataset shards."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mobilesam.transforms import resize_image
+
+from .annotations import AnnotationError, parse_sa1b_json
+from .codec import ENCODINGS, decode_jpeg, encode_embedding, encode_jpeg
+from .manifest import (
+    MANIFEST,
+    assemble_manifest,
+    check_plan,
+    chunk_ranges,
+    inputs_digest,
+    record_path,
+    shard_name,
+    write_json,
+)
+from .sources import InputError, InputRef, decode_image, list_folder, list_sa1b
+from .teacher import PRECISIONS, describe_teacher, embed, load_teacher
+
+log = logging.getLogger(__name__)
+
+
+def prepare(ref: InputRef, img_size: int, quality: int, need_annotations: bool) -> dict[str, Any]:
+    """Reads one input and makes its stored form: the resized JPEG, its decoded pixels, and the sample json.
+
+    Raises:
+        InputError / AnnotationError: the input is unusable (the caller skips it and records why).
+    """
+    src = ref.image.describe()
+    rgb = decode_image(ref.image.read(), src)
+    orig = (int(rgb.shape[0]), int(rgb.shape[1]))
+    anns: list[dict[str, Any]] = []
+    if ref.annotation is not None:
+        anns = parse_sa1b_json(ref.annotation.read(), orig)
+    elif need_annotations:
+        raise AnnotationError(f"{src} has no annotation json")
+    jpg = encode_jpeg(resize_image(rgb, img_size), quality)
+    stored = decode_jpeg(jpg)  # the teacher sees exactly what the loader will decode
+    # sizes first: the loader reads them from the json's first bytes without parsing the annotations
+    meta = {"orig_size": list(orig), "size": list(stored.shape[1:]), "key": ref.key, "source": src, "annotations": anns}
+    return {"key": ref.key, "jpg": jpg, "image": stored, "json": json.dumps(meta).encode()}
+
+
+class _Prepared(Dataset):
+    """Map-style view over the inputs a rank still has to do; workers read and resize in parallel."""
+
+    def __init__(self, refs: list[InputRef], img_size: int, quality: int, need_annotations: bool) -> None:
+        self.refs, self.img_size, self.quality, self.need = refs, img_size, quality, need_annotations
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ref = self.refs[i]
+        try:
+            return prepare(ref, self.img_size, self.quality, self.need)
+        except (InputError, AnnotationError, OSError) as e:
+            return {"key": ref.key, "skip": {"source": ref.image.describe(), "reason": str(e)}}
+
+
+def _dist_env(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
+    rank = cfg.get("rank")
+    world = cfg.get("world_size")
+    rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else int(world)
+    if not 0 <= rank < world:
+        raise ValueError(f"rank={rank} must lie in [0, world_size={world})")
+    return rank, world, int(os.environ.get("LOCAL_RANK", rank))
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _ShardSink:
+    """Writes one chunk's samples to a hidden temp tar, renames it into place, then commits its record."""
+
+    def __init__(self, out_dir: Path, rank: int, chunk: int, inputs: list[int]) -> None:
+        self.final = out_dir / shard_name(rank, chunk)
+        self.tmp = out_dir / f".{self.final.name}.tmp"
+        self.record = record_path(out_dir, rank, chunk)
+        self.rank, self.chunk, self.inputs = rank, chunk, inputs
+        self.file = open(self.tmp, "wb")
+        self.writer = wds.TarWriter(self.file, encoder=False)
+        self.keys: list[str] = []
+        self.skipped: list[dict[str, str]] = []
+
+    def close(self) -> None:
+        self.writer.close()  # closes the tar stream, not our file
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.final)
+        rec = {"shard": self.final.name, "rank": self.rank, "chunk": self.chunk, "count": len(self.keys)}
+        rec |= {"inputs": [self.inputs[0], self.inputs[-1]], "keys": self.keys, "skipped": self.skipped}
+        write_json(self.record, rec)
+
+
+def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Runs (or resumes) the precompute of this rank, and writes dataset.json if every rank is done.
+
+    Args:
+        cfg: configs/precompute.yaml composed: source.{kind, root}, teacher.{variant, checkpoint, precision},
+            out_dir, img_size, limit, batch_size, num_workers, shard_size, jpeg_quality, encoding, device,
+            rank / world_size (null: torchrun's RANK / WORLD_SIZE), progress.
+
+    Returns:
+        {"rank", "written" (samples written now), "skipped" (inputs skipped now), "manifest" (path or None)}.
+    """
+    source, teacher = cfg["source"], cfg["teacher"]
+    img_size, encoding, precision = int(cfg["img_size"]), str(cfg["encoding"]), str(teacher["precision"])
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding={encoding!r}; choose one of {ENCODINGS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"teacher.precision={precision!r}; choose one of {PRECISIONS}")
+    if source["kind"] not in ("sa1b", "folder"):
+        raise ValueError(f"source.kind={source['kind']!r}; use source=sa1b or source=folder")
+    rank, world, local_rank = _dist_env(cfg)
+    out_dir = Path(cfg["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if source["kind"] == "sa1b":
+        refs, skipped_listing = list_sa1b(source["root"])
+    else:
+        refs, skipped_listing = list_folder(source["root"], tuple(source.get("extensions") or ()) or None)
+    if cfg.get("limit") is not None:
+        refs = refs[: int(cfg["limit"])]
+
+    teacher_info = describe_teacher(teacher["variant"], teacher.get("checkpoint"))
+    plan = {
+        "img_size": img_size,
+        "encoding": encoding,
+        "teacher": teacher_info | {"precision": precision},
+        "jpeg_quality": int(cfg["jpeg_quality"]),
+        "source": {"kind": source["kind"], "root": str(source["root"])},
+        "inputs": len(refs),
+        "inputs_sha256": inputs_digest([(r.key, r.image.describe()) for r in refs]),
+        "world_size": world,
+        "shard_size": int(cfg["shard_size"]),
+    }
+    check_plan(out_dir, plan)
+    device = _device(str(cfg.get("device", "auto")), local_rank)
+    model, _ = load_teacher(teacher["variant"], teacher.get("checkpoint"), img_size, device)
+    for stale in out_dir.glob(f".shard-r{rank:03d}-*.tmp"):  # half-written shards of a killed run
+        stale.unlink()
+
+    chunks = chunk_ranges(len(refs), rank, world, plan["shard_size"])
+    todo = [(c, idx) for c, idx in enumerate(chunks) if not record_path(out_dir, rank, c).is_file()]
+    done_inputs = sum(len(idx) for c, idx in enumerate(chunks)) - sum(len(idx) for _, idx in todo)
+    flat = [i for _, idx in todo for i in idx]
+    data = _Prepared([refs[i] for i in flat], img_size, plan["jpeg_quality"], source["kind"] == "sa1b")
+    loader = DataLoader(data, batch_size=int(cfg["batch_size"]), num_workers=int(cfg["num_workers"]), collate_fn=list)
+    bar = tqdm(
+        total=done_inputs + len(flat),
+        initial=done_inputs,
+        unit="img",
+        desc=f"rank {rank}",
+        disable=not cfg.get("progress", True),
+    )
+    written = skipped = 0
+    pending = iter(todo)
+    sink: _ShardSink | None = None
+    left = 0
+    t0 = time.perf_counter()
+    for batch in loader:
+        ok = [s for s in batch if "skip" not in s]
+        embs = embed(model, [s["image"] for s in ok], precision).cpu() if ok else None
+        emb_of = {s["key"]: e for s, e in zip(ok, embs)} if ok else {}
+        for s in batch:
+            if left == 0:
+                chunk, idx = next(pending)
+                sink, left = _ShardSink(out_dir, rank, chunk, idx), len(idx)
+            if "skip" in s:
+                log.warning("skipping %s: %s", s["skip"]["source"], s["skip"]["reason"])
+                sink.skipped.append(s["skip"])
+                skipped += 1
+            else:
+                sample = {"__key__": s["key"], "jpg": s["jpg"], "json": s["json"]}
+                sink.writer.write(sample | encode_embedding(emb_of[s["key"]], encoding))
+                sink.keys.append(s["key"])
+                written += 1
+            left -= 1
+            if left == 0:
+                sink.close()
+        bar.update(len(batch))
+        bar.set_postfix(img_per_s=f"{(written + skipped) / (time.perf_counter() - t0):.1f}")
+    bar.close()
+    done = assemble_manifest(out_dir, plan, skipped_listing)
+    if not done:
+        log.info("rank %d finished; dataset.json is written by the last rank to finish", rank)
+    return {"rank": rank, "written": written, "skipped": skipped, "manifest": str(out_dir / MANIFEST) if done else None}

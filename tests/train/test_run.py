@@ -1,0 +1,141 @@
+"""End to end through `train.run`: one-batch runs that export a strictly loading mobile_sam.pt, resume, configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mobilesam import build_sam
+from tests.train.conftest import CONFIGS, compose_train
+from train.run import run
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIGS) / "experiment").glob("*.yaml"))
+
+
+def test_one_batch_run_exports_a_strictly_loading_mobile_sam(fast_overrides, teacher_file, tmp_path):
+    cfg = compose_train(fast_overrides + ["trainer.max_steps=1", "trainer.val_check_interval=1", "predict_after=true"])
+    result = run(cfg)
+    path = Path(result["mobile_sam"])
+    assert path.name == "mobile_sam.pt" and path.parent == tmp_path / "run"
+    sd = torch.load(path, weights_only=True)
+    assert len(sd) == 439 and all(v.device.type == "cpu" for v in sd.values())
+    model = build_sam("vit_t", path)  # strict
+    assert model.img_size == 256
+    teacher = torch.load(teacher_file, weights_only=True)
+    assert torch.equal(sd["mask_decoder.iou_token.weight"], teacher["mask_decoder.iou_token.weight"])
+    meta = json.loads((tmp_path / "run" / "mobile_sam.json").read_text())
+    assert meta["img_size"] == 256 and meta["variant"] == "vit_t" and meta["global_step"] == 1
+    assert len(meta["data"]["manifest_sha256"]) == 64 and meta["data"]["samples"] == 16
+    assert meta["teacher"]["sha256"] and "val/miou_point" in meta["metrics"]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert Path(result["overlay"]).is_file()
+    # every Lightning checkpoint loads with weights_only=True and holds the SAM under `sam.`
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert sum(k.startswith("sam.") for k in ckpt["state_dict"]) == 439
+    _consumers_load(path)
+
+
+def _consumers_load(path: Path) -> None:
+    """The official MobileSAM code loads the file strictly; Ultralytics' SAM loads it and predicts."""
+    import numpy as np
+
+    from tests.helpers import official_registry
+
+    official = official_registry()["vit_t"](checkpoint=str(path))
+    for k, v in official.state_dict().items():
+        assert torch.equal(v, torch.load(path, weights_only=True)[k]), k
+    from ultralytics import SAM as UltralyticsSAM
+
+    image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    (res,) = UltralyticsSAM(str(path)).predict(image, points=[80, 60], labels=[1], verbose=False, device="cpu")
+    assert res.masks.data.shape[-2:] == (120, 160)
+
+
+def test_resume_continues_the_step_count(fast_overrides, tmp_path):
+    first = compose_train(fast_overrides + ["trainer.max_steps=2", "callbacks.last.every_n_train_steps=1"])
+    run(first)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    opt_state = torch.load(last, weights_only=True)["optimizer_states"][0]["state"]
+    second = compose_train(fast_overrides + ["trainer.max_steps=4", "ckpt_path=last"])
+    result = run(second)
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == 4
+    assert json.loads((tmp_path / "run" / "mobile_sam.json").read_text())["global_step"] == 4
+    # AdamW's step counters continued from the checkpoint rather than restarting
+    steps = [int(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()]
+    assert opt_state and min(steps) == 4
+    assert result["mobile_sam"] is not None
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(experiment, teacher_file, tmp_path):
+    cfg = compose_train(
+        [
+            f"+experiment={experiment}",
+            f"paths.root_dir={tmp_path}",
+            f"paths.data_dir={tmp_path}",
+            f"paths.output_dir={tmp_path / 'run'}",
+            f"teacher.checkpoint={teacher_file}",
+            "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
+            "trainer.devices=1",
+            "++trainer.strategy=auto",
+        ]
+    )
+    assert cfg.experiment == experiment
+    if OmegaConf.is_missing(cfg.model, "init"):  # stage 2 starts from a stage-1 mobile_sam.pt
+        cfg.model.init = str(teacher_file)
+    model = instantiate(cfg.model)
+    assert model.hparams.img_size == cfg.img_size
+    datamodule = instantiate(cfg.data)
+    assert datamodule.batch_size == cfg.data.batch_size
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_default_config_is_the_demo():
+    cfg = compose_train(["paths.root_dir=/x", "paths.data_dir=/x", "paths.output_dir=/x"])
+    assert cfg.demo.enabled and cfg.trainer.accelerator == "cpu" and cfg.img_size == 256
+    assert cfg.teacher.checkpoint.endswith("teacher_sam_vit_b.pth") and "experiment" not in cfg.get("defaults", [])
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(train_shards, teacher_file, tmp_path):
+    """Lightning's DDP (gloo) with two processes: both ranks train on disjoint shards, rank 0 exports."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "train.py",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={out}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"data.root={train_shards}",
+        "data.synthesize=null",
+        "data.batch_size=2",
+        "data.val_masks_per_image=2",
+        "teacher=vit_t",
+        f"teacher.checkpoint={teacher_file}",
+        "predict_after=false",
+        "demo.enabled=false",
+        "logger=csv",
+    ]
+    proc = subprocess.run(cmd, cwd=Path(CONFIGS).parent, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "mobile_sam.pt").is_file()
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert "world_size=2" in proc.stdout + proc.stderr or "distributed_backend=gloo" in proc.stdout + proc.stderr

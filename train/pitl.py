@@ -1,0 +1,177 @@
+"""`PromptInTheLoopModule`: mask-level distillation with prompts in the loop (EdgeSAM's second stage), on top of
+MobileSAM's embedding MSE. Everything comes from the shards: the teacher's masks are decoded from the stored
+teacher embedding by the teacher's own prompt encoder and mask decoder, so no ViT-H runs."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mobilesam.metrics import Decoder, decode_all
+
+from .module import DistillModule
+from .prompts import PromptBatch, corrective_points, initial_prompts
+
+
+def dice_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Per-prompt soft dice loss over the valid cells: PxHxW logits, PxHxW targets in [0, 1], HxW valid -> P."""
+    p = torch.sigmoid(logits) * valid
+    t = target * valid
+    inter = (p * t).flatten(1).sum(1)
+    return 1 - (2 * inter + 1) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)
+
+
+def bce_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Per-prompt binary cross-entropy over the valid (HxW) cells -> P."""
+    per_cell = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * valid
+    return per_cell.flatten(1).sum(1) / valid.expand_as(logits).flatten(1).sum(1).clamp_min(1)
+
+
+class PromptInTheLoopModule(DistillModule):
+    """Stage 2: the student's masks learn the teacher's, for sampled prompts refined where the two disagree.
+
+    Args (beyond `DistillModule`'s):
+        prompts_per_image: objects prompted per image per step (drawn from the batch's ground-truth masks).
+        box_fraction: share of box prompts (the rest are one positive point inside the mask).
+        box_noise: box jitter, as a fraction of the box side (SAM: 0.1), at most `box_noise_max` pixels.
+        refine_rounds: corrective-point rounds after the first decode (EdgeSAM: prompt-in-the-loop).
+        target: "soft" (the teacher's sigmoid probabilities) or "binary" (the teacher's thresholded masks).
+        mask_weight, embedding_weight: loss = mask_weight * (BCE + dice) + embedding_weight * MSE.
+        hard_weighting: weight each prompt by the student-teacher disagreement (1 - IoU), normalised to mean 1.
+        train_decoder: also train the student's mask decoder (the teacher keeps a frozen copy).
+    """
+
+    def __init__(
+        self,
+        prompts_per_image: int = 16,
+        box_fraction: float = 0.5,
+        box_noise: float = 0.1,
+        box_noise_max: float = 20.0,
+        refine_rounds: int = 1,
+        target: str = "soft",
+        mask_weight: float = 1.0,
+        embedding_weight: float = 1.0,
+        hard_weighting: bool = False,
+        train_decoder: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if target not in ("soft", "binary"):
+            raise ValueError(f"target={target!r}; use 'soft' (teacher probabilities) or 'binary' (teacher masks)")
+        self._train_decoder = train_decoder
+        super().__init__(**kwargs)
+        self.hparams.update(
+            prompts_per_image=prompts_per_image,
+            box_fraction=box_fraction,
+            box_noise=box_noise,
+            box_noise_max=box_noise_max,
+            refine_rounds=refine_rounds,
+            target=target,
+            mask_weight=mask_weight,
+            embedding_weight=embedding_weight,
+            hard_weighting=hard_weighting,
+            train_decoder=train_decoder,
+        )
+        # The teacher's decoder stays as it was even when the student's trains
+        self.teacher_prompt_encoder = copy.deepcopy(self.sam.prompt_encoder).requires_grad_(False)
+        self.teacher_mask_decoder = copy.deepcopy(self.sam.mask_decoder).requires_grad_(False)
+
+    def teacher_decoder(self) -> Decoder:
+        return Decoder(self.teacher_prompt_encoder, self.teacher_mask_decoder)
+
+    def configure_trainable(self) -> None:
+        super().configure_trainable()
+        if self._train_decoder:
+            self.sam.mask_decoder.requires_grad_(True)
+
+    # ------------------------------------------------------------------------------------------ losses
+    def _decode_pair(self, s_emb: Tensor, t_emb: Tensor, prompts: PromptBatch) -> tuple[Tensor, Tensor]:
+        """(student logits with grad, teacher logits): Px4x(S/4)x(S/4), all four mask outputs (the single mask
+        and the three multimask candidates), so point prompts learn the outputs the `point` protocol uses."""
+        pts, boxes = prompts.points(), prompts.boxes
+        with torch.no_grad():
+            t, _ = decode_all(self.teacher_prompt_encoder, self.teacher_mask_decoder, t_emb, pts, boxes)
+        s, _ = decode_all(self.sam.prompt_encoder, self.sam.mask_decoder, s_emb, pts, boxes)
+        return s.float(), t.float()
+
+    def _prompt_losses(self, s: Tensor, t: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """(per-prompt BCE + dice averaged over the four outputs, per-prompt IoU of the single-mask outputs)."""
+        target = torch.sigmoid(t) if self.hparams.target == "soft" else (t > 0).float()
+        p = s.shape[0]
+        flat_s, flat_t = s.flatten(0, 1), target.flatten(0, 1)
+        loss = (bce_loss(flat_s, flat_t, valid) + dice_loss(flat_s, flat_t, valid)).view(p, -1).mean(1)
+        sm, tm = (s[:, 0] > 0) & valid, (t[:, 0] > 0) & valid
+        inter = (sm & tm).flatten(1).sum(1).float()
+        union = (sm | tm).flatten(1).sum(1).float()
+        return loss, torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+    def mask_loss(self, s_emb: Tensor, batch: dict[str, Any], i: int) -> tuple[Tensor, Tensor]:
+        """Mask loss of image i over its prompts and refinement rounds: (loss, mean IoU of the last round)."""
+        hp = self.hparams
+        n = int(batch["num_masks"][i])
+        size = (int(batch["size"][i, 0]), int(batch["size"][i, 1]))
+        low = batch["masks"].shape[-1]
+        scale = hp.img_size / low
+        rows = torch.arange(low, device=s_emb.device)
+        valid = (rows[:, None] < size[0] / scale) & (rows[None, :] < size[1] / scale)
+        groups = initial_prompts(
+            batch["masks"][i, :n],
+            batch["boxes"][i, :n],
+            size,
+            hp.img_size,
+            hp.prompts_per_image,
+            hp.box_fraction,
+            hp.box_noise,
+            hp.box_noise_max,
+        )
+        t_emb = batch["embedding"][i : i + 1].float()
+        total, count, ious = s_emb.new_zeros(()), 0, []
+        for prompts in groups:
+            if len(prompts.source) == 0:
+                continue
+            for r in range(hp.refine_rounds + 1):
+                s, t = self._decode_pair(s_emb[i : i + 1], t_emb, prompts)
+                loss, iou = self._prompt_losses(s, t, valid)
+                if hp.hard_weighting:
+                    w = (1 - iou).detach() + 1e-3
+                    loss = loss * (w / w.mean())
+                total = total + loss.sum()
+                count += len(loss)
+                if r == hp.refine_rounds:
+                    ious.append(iou.detach())
+                    break
+                xy, label = corrective_points((s[:, 0] > 0).detach(), t[:, 0] > 0, valid, hp.img_size)
+                prompts = prompts.with_point(xy, label)
+        mean_iou = torch.cat(ious).mean() if ious else s_emb.new_ones(())
+        return total / max(count, 1), mean_iou
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if "masks" not in batch:
+            raise KeyError(
+                "prompt-in-the-loop training needs ground-truth masks in the batch: set data.masks_per_image"
+            )
+        hp = self.hparams
+        s_emb = self.student_embedding(batch)
+        emb_loss = self.embedding_loss(s_emb, batch)
+        mask_losses, ious = [], []
+        for i in range(s_emb.shape[0]):
+            if int(batch["num_masks"][i]) == 0:
+                continue
+            loss, iou = self.mask_loss(s_emb, batch, i)
+            mask_losses.append(loss)
+            ious.append(iou)
+        mask_loss = torch.stack(mask_losses).mean() if mask_losses else s_emb.new_zeros(())
+        loss = hp.embedding_weight * emb_loss + hp.mask_weight * mask_loss
+        self.check_finite(loss, batch)
+        bs = s_emb.shape[0]
+        self.log_dict(
+            {"train/loss": loss, "train/loss_embedding": emb_loss, "train/loss_mask": mask_loss},
+            prog_bar=True,
+            batch_size=bs,
+        )
+        if ious:
+            self.log("train/mask_iou", torch.stack(ious).mean(), batch_size=bs)
+        return loss

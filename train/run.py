@@ -1,0 +1,88 @@
+"""`run(cfg)`: build everything from the composed config, train, export `mobile_sam.pt`, report where things are."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .callbacks import ExportMobileSam
+
+log = logging.getLogger(__name__)
+
+
+def _resolve_ckpt(ckpt_path: str | None, out_dir: Path) -> str | None:
+    """`last` means this run folder's checkpoints/last.ckpt (when rerunning with hydra.run.dir=that folder)."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last but {last} does not exist; rerun with hydra.run.dir=<the run folder to resume>"
+            )
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    return str(ckpt_path)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Trains as `cfg` says. Returns {"mobile_sam": path, "metrics": {...}, "objective": val/miou_point}."""
+    t0 = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("demo") and cfg.demo.get("enabled"):
+        from .demo import prepare_demo
+
+        prepare_demo(cfg)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    export = ExportMobileSam(str(out_dir), config=resolved)
+    callbacks.append(export)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), out_dir))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    result: dict[str, Any] = {
+        "mobile_sam": export.path,
+        "metrics": metrics,
+        "out_dir": out_dir,
+        "objective": metrics.get("val/miou_point"),
+    }
+    if trainer.is_global_zero:
+        if cfg.get("predict_after") and export.path is not None:
+            from .demo import predict_with
+
+            result["overlay"] = predict_with(export.path, cfg, out_dir)
+        _summary(result, trainer, time.time() - t0)
+    return result
+
+
+def _summary(result: dict[str, Any], trainer: L.Trainer, seconds: float) -> None:
+    out = result["out_dir"]
+    lines = [
+        "",
+        f"done in {seconds / 60:.1f} min, {trainer.global_step} steps",
+        f"  run folder    {out}",
+        f"  mobile_sam.pt {result['mobile_sam']}  (+ mobile_sam.json beside it)",
+        f"  checkpoints   {out / 'checkpoints'}  (resume: ckpt_path={out / 'checkpoints' / 'last.ckpt'})",
+        f"  logs          {out / 'csv' / 'metrics.csv'}",
+        f"  pictures      {out / 'pictures'}",
+    ]
+    if result.get("overlay"):
+        lines.append(f"  prediction    {result['overlay']}")
+    for k in sorted(result["metrics"]):
+        if k.startswith("val/"):
+            lines.append(f"  {k:<22}{result['metrics'][k]:.4f}")
+    print("\n".join(lines))
