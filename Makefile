@@ -8,7 +8,7 @@ PY := .venv/bin/python
 
 .PHONY: demo test lint
 demo: .venv/.installed  ## the main job on its embedded default
-	$(PY) scripts/demo.py
+	$(PY) train.py
 
 test: .venv/.installed  ## the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q

@@ -129,13 +129,19 @@ def low_res_masks(
     Rule: decode at the original size, resize to the input frame (h, w) (`resize_mask`), zero-pad to
     img_size x img_size, then average each 4x4 block and keep >= 0.5.
     """
+    return pool_low_res(decode_masks(annotations, ids, size), img_size)
+
+
+def pool_low_res(masks: np.ndarray, img_size: int) -> np.ndarray:
+    """N x h x w bool masks at the input frame's size -> N x (img_size/4) x (img_size/4) bool: zero-pad to
+    img_size x img_size, average each 4x4 block, keep >= 0.5 (the second half of `low_res_masks`'s rule, for
+    masks already decoded)."""
+    n, h, w = masks.shape
     low = img_size // 4
-    out = np.zeros((len(ids), low, low), dtype=bool)
+    out = np.zeros((n, low, low), dtype=bool)
     frame = np.zeros((img_size, img_size), dtype=np.float32)
-    for row, i in enumerate(ids):
-        frame[: size[0], : size[1]] = resize_mask(decode_rle(annotations[i]["segmentation"]), size)
-        frame[size[0] :, :] = 0
-        frame[:, size[1] :] = 0
+    for row in range(n):
+        frame[:h, :w] = masks[row]
         out[row] = frame.reshape(low, 4, low, 4).mean(axis=(1, 3)) >= 0.5
     return out
 

@@ -16,6 +16,7 @@ _EXPORTS = {
     "Results": "model",
     "ResizeLongestSide": "transforms",
     "Sam": "modeling",
+    "SamAutomaticMaskGenerator": "automatic_mask_generator",
     "SamPredictor": "predictor",
     "build_sam": "build",
     "sam_model_registry": "build",
@@ -27,6 +28,7 @@ __all__ = [
     "ResizeLongestSide",
     "Results",
     "Sam",
+    "SamAutomaticMaskGenerator",
     "SamPredictor",
     "build_sam",
     "load_image",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .automatic_mask_generator import SamAutomaticMaskGenerator
     from .build import build_sam, sam_model_registry
     from .io import load_image
     from .model import SAM, Results

@@ -1,4 +1,4 @@
-"""The `mobilesam` console command: `predict`, `info`, `export` (and the subcommands other modules register)."""
+"""The `mobilesam` console command: `predict`, `info`, `export`, `everything`."""
 
 from __future__ import annotations
 
@@ -76,6 +76,86 @@ def _run_predict(args: argparse.Namespace) -> int:
         x1, y1, x2, y2 = (int(v) for v in box)
         print(f"mask {i}: score {score:.3f}  area {int(mask.sum())} px  box [{x1}, {y1}, {x2}, {y2}]")
     print(f"overlay written to {out}")
+    return 0
+
+
+def _add_everything(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="image file")
+    p.add_argument("--checkpoint", default="mobile_sam.pt", help="weights file (default: mobile_sam.pt)")
+    p.add_argument("--out", default=None, help="overlay PNG to write (default: IMAGE_everything.png beside the image)")
+    p.add_argument("--json", default=None, help="also write segment-anything's records here, masks as COCO RLE")
+    p.add_argument("--points-per-side", type=int, default=32, help="grid of N x N point prompts (default: 32)")
+    p.add_argument("--points-per-batch", type=int, default=64, help="points decoded together (default: 64)")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="minimum predicted IoU (default: 0.88)")
+    p.add_argument("--stability-score-thresh", type=float, default=0.95, help="minimum stability score (default: 0.95)")
+    p.add_argument("--box-nms-thresh", type=float, default=0.7, help="box IoU for NMS (default: 0.7)")
+    p.add_argument("--crop-n-layers", type=int, default=0, help="extra layers of image crops (default: 0)")
+    p.add_argument(
+        "--min-mask-region-area", type=int, default=0, help="remove holes and islands below this area (needs OpenCV)"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument(
+        "--img-size", type=int, default=None, help="input size (default: the checkpoint's sidecar, else 1024)"
+    )
+
+
+def _run_everything(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from PIL import Image
+
+    from .amg import mask_areas
+    from .automatic_mask_generator import SamAutomaticMaskGenerator
+    from .checkpoint import atomic_write
+    from .io import ImageReadError, load_image
+    from .model import SAM
+    from .viz import overlay
+
+    try:
+        image = load_image(args.image)
+    except ImageReadError as e:
+        raise SystemExit(f"error: {e}") from e
+    sam = SAM(args.checkpoint, device=args.device, img_size=args.img_size)
+    try:
+        generator = SamAutomaticMaskGenerator(
+            sam.model,
+            points_per_side=args.points_per_side,
+            points_per_batch=args.points_per_batch,
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_score_thresh,
+            box_nms_thresh=args.box_nms_thresh,
+            crop_n_layers=args.crop_n_layers,
+            min_mask_region_area=args.min_mask_region_area,
+            output_mode="coco_rle" if args.json else "binary_mask",
+            predictor=sam.predictor,
+        )
+    except (ValueError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from e
+    start = time.perf_counter()
+    found = generator.generate_masks(image)
+    seconds = time.perf_counter() - start
+
+    # Large masks first, so that small ones stay visible on top
+    areas = mask_areas(found.masks)
+    by_area = torch.argsort(areas, descending=True, stable=True)
+    out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + "_everything.png")
+    picture = overlay(image, found.masks[by_area].numpy())
+    atomic_write(out, lambda f: picture.save(f, format=Image.registered_extensions().get(out.suffix.lower(), "PNG")))
+    print(f"{len(found)} masks in {seconds:.1f} s ({image.shape[1]}x{image.shape[0]} image, {sam.device})")
+    for i in by_area[:10].tolist():
+        x1, y1, x2, y2 = (int(v) for v in found.boxes[i])
+        print(
+            f"  area {int(areas[i])} px  predicted IoU {found.iou_preds[i]:.3f}  "
+            f"stability {found.stability[i]:.3f}  box [{x1}, {y1}, {x2}, {y2}]"
+        )
+    if len(found) > 10:
+        print(f"  ... and {len(found) - 10} smaller masks")
+    print(f"overlay written to {out}")
+    if args.json:
+        text = json.dumps(generator.records(found)).encode()
+        atomic_write(args.json, lambda f: f.write(text))
+        print(f"records written to {args.json}")
     return 0
 
 
@@ -158,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict": ("segment prompted objects and write an overlay PNG", _add_predict, _run_predict),
         "info": ("describe a checkpoint and check that it loads strictly", _add_info, _run_info),
         "export": ("write the official weights file and, with --onnx, ONNX graphs", _add_export, _run_export),
+        "everything": ("segment everything in an image and write an overlay PNG", _add_everything, _run_everything),
     }
     for name, (help, add, run) in commands.items():
         p = sub.add_parser(name, help=help, description=help)

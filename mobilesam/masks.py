@@ -88,6 +88,8 @@ def upsample_binary(logits: Tensor, size: tuple[int, int], threshold: float = 0.
     Returns:
         BxCxHxW bool masks.
     """
+    from .modeling.common import is_tracing  # imported here: mobilesam.modeling imports this module
+
     b, c, h, w = logits.shape
     out_h, out_w = size
     dev = logits.device

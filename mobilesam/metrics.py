@@ -41,6 +41,10 @@ class Prompts:
     def __len__(self) -> int:
         return len(self.point)
 
+    def subset(self, index: Tensor | list[int]) -> Prompts:
+        """The prompts of some of the masks (e.g. the worst ones, to draw them)."""
+        return Prompts(point=self.point[index], second_point=self.second_point[index], box=self.box[index])
+
     def for_type(self, kind: str) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None, bool]:
         """(points, boxes, multimask_output) for the prompt encoder, for one prompt type."""
         n = len(self)
@@ -144,6 +148,22 @@ class Decoder:
 
 
 @torch.no_grad()
+def protocol_masks(
+    decoder: Decoder, embedding: Tensor, prompts: Prompts, kind: str, input_size: tuple[int, int], img_size: int
+) -> Tensor:
+    """The protocol's boolean masks for N prompts of one type: Nxhxw at the resized input size (padding removed).
+
+    Args:
+        embedding: 1xCxExE image embedding.
+        kind: one of PROMPT_TYPES.
+        input_size: (h, w) of the resized image.
+    """
+    pts, boxes, multimask = prompts.for_type(kind)
+    logits = decode(decoder.prompt_encoder, decoder.mask_decoder, embedding, pts, boxes, multimask)
+    return upscale_unpadded(logits[:, None].float(), input_size, img_size)[:, 0] > 0
+
+
+@torch.no_grad()
 def image_ious(
     student: Decoder,
     student_embedding: Tensor,
@@ -172,12 +192,9 @@ def image_ious(
     teacher = teacher or student
     out: dict[str, dict[str, Tensor]] = {}
     for kind in PROMPT_TYPES:
-        pts, boxes, multimask = prompts.for_type(kind)
-        s_logits = decode(student.prompt_encoder, student.mask_decoder, student_embedding, pts, boxes, multimask)
-        s_mask = upscale_unpadded(s_logits[:, None].float(), input_size, img_size)[:, 0] > 0
+        s_mask = protocol_masks(student, student_embedding, prompts, kind, input_size, img_size)
         if teacher_embedding is not None:
-            t_logits = decode(teacher.prompt_encoder, teacher.mask_decoder, teacher_embedding, pts, boxes, multimask)
-            t_mask = upscale_unpadded(t_logits[:, None].float(), input_size, img_size)[:, 0] > 0
+            t_mask = protocol_masks(teacher, teacher_embedding, prompts, kind, input_size, img_size)
             iou, empty = mask_iou(s_mask, t_mask)
             out.setdefault("vs_teacher", {})[kind] = iou
             out.setdefault("both_empty", {})[kind] = empty

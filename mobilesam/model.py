@@ -17,7 +17,7 @@ from .build import build_sam
 from .io import ImageSource, load_image
 from .masks import masks_to_boxes
 from .predictor import SamPredictor
-from .prompts import check_inside, parse_prompts
+from .prompts import PromptError, check_inside, parse_prompts
 from .viz import overlay
 
 
@@ -102,8 +102,12 @@ class SAM:
         labels: Any = None,
         bboxes: Any = None,
         multimask_output: bool = False,
+        everything_options: dict[str, Any] | None = None,
     ) -> list[Results]:
         """Segments the prompted objects in one image or a list of images (the same prompts for each).
+
+        Without points and boxes it segments everything (`SamAutomaticMaskGenerator`): the masks are sorted by
+        predicted IoU, highest first, `scores` are the predicted IoUs and `boxes` the masks' tight boxes.
 
         Args:
             source: a path, PIL image, HxWx3 uint8 array, or a list of them.
@@ -112,6 +116,8 @@ class SAM:
             labels: the points' labels nested the same way (1 positive, 0 negative); None means all positive.
             bboxes: `[x1, y1, x2, y2]` or a list of boxes; with points, box i and point set i are one object.
             multimask_output: three masks per object (object-major) instead of one.
+            everything_options: options of `SamAutomaticMaskGenerator` for segment-everything, e.g.
+                `{"points_per_side": 16, "pred_iou_thresh": 0.8}` (only without prompts).
 
         Returns:
             One `Results` per image.
@@ -119,7 +125,9 @@ class SAM:
         sources = list(source) if isinstance(source, (list, tuple)) else [source]
         pts, labs, boxes = parse_prompts(points, labels, bboxes)
         if pts is None and boxes is None:
-            return [self._everything(s) for s in sources]
+            return [self._everything(s, everything_options or {}) for s in sources]
+        if everything_options:
+            raise PromptError("everything_options apply only to segment-everything (no points and no bboxes)")
         return [self._predict_one(s, pts, labs, boxes, multimask_output) for s in sources]
 
     def _predict_one(
@@ -157,5 +165,18 @@ class SAM:
             prompts=prompts,
         )
 
-    def _everything(self, source: ImageSource) -> Results:
-        raise NotImplementedError("segment-everything (no prompts) is not available yet; pass points or bboxes")
+    def _everything(self, source: ImageSource, options: dict[str, Any]) -> Results:
+        from .automatic_mask_generator import SamAutomaticMaskGenerator, check_options
+
+        check_options(options)
+        image = load_image(source)
+        generator = SamAutomaticMaskGenerator(self.model, predictor=self.predictor, **options)
+        found = generator.generate_masks(image)
+        order = torch.argsort(found.iou_preds, descending=True, stable=True)
+        return Results(
+            orig_img=image,
+            masks=found.masks[order],
+            scores=found.iou_preds[order],
+            boxes=found.boxes[order].float(),
+            path=str(source) if isinstance(source, (str, os.PathLike)) else None,
+        )

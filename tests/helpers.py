@@ -46,3 +46,31 @@ def refresh_official(model: nn.Module) -> nn.Module:
     """The official TinyViT caches attention biases at .eval() time; rebuild them after weights change."""
     model.train()
     return model.eval()
+
+
+def scene(h: int = 240, w: int = 320):
+    """A generated photo-like HxWx3 uint8 image: noise, a disc and a rectangle."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(90, 20, (h, w, 3)).clip(0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    img[(yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (h // 4) ** 2] = [220, 60, 50]
+    img[h // 2 :, w // 2 :] = [40, 160, 230]
+    return img
+
+
+def object_logits(n: int, steepness: float, seed: int, size: int = 256) -> Tensor:
+    """n sizexsize low-resolution mask logits shaped like objects (ellipses) with the given slope.
+
+    Trained SAM logits are object-shaped and steep; random weights give noise instead, so tests and benchmarks of
+    the mask post-processing use these.
+    """
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+    out = []
+    for _ in range(n):
+        cx, cy = torch.rand(2, generator=g) * size
+        rx, ry = torch.rand(2, generator=g) * (size * 0.3) + 2
+        out.append((steepness * (1 - ((xx - cx) / rx) ** 2 - ((yy - cy) / ry) ** 2)).clamp(min=-30))
+    return torch.stack(out)

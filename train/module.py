@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -218,8 +219,9 @@ class DistillModule(L.LightningModule):
         """The prompt encoder and mask decoder that decode the teacher's embedding (the student's own here)."""
         return Decoder(self.sam.prompt_encoder, self.sam.mask_decoder)
 
-    def mask_agreement(self, student: Tensor, batch: dict[str, Any], batch_idx: int) -> None:
-        """The protocol's IoUs of the student's masks against the teacher's (decoded from the stored embedding)."""
+    def batch_ious(self, student: Tensor, batch: dict[str, Any]) -> Iterator[tuple[int, Any, dict]]:
+        """The protocol's IoUs, image by image: (index, prompts, `image_ious` result) against the teacher's masks
+        decoded from the stored embedding (images without masks are skipped)."""
         dec = Decoder(self.sam.prompt_encoder, self.sam.mask_decoder)
         img_size = self.hparams.img_size
         for i in range(student.shape[0]):
@@ -235,6 +237,7 @@ class DistillModule(L.LightningModule):
                 img_size,
             )
             size = (int(batch["size"][i, 0]), int(batch["size"][i, 1]))
+            teacher_embedding = batch["embedding"][i : i + 1].float()
             ious = image_ious(
                 dec,
                 student[i : i + 1].float(),
@@ -242,11 +245,17 @@ class DistillModule(L.LightningModule):
                 size,
                 img_size,
                 teacher=self.teacher_decoder(),
-                teacher_embedding=batch["embedding"][i : i + 1].float(),
+                teacher_embedding=teacher_embedding,
             )
+            yield i, prompts, ious
+
+    def mask_agreement(self, student: Tensor, batch: dict[str, Any], batch_idx: int) -> None:
+        """Accumulates the validation mIoU of the student's masks against the teacher's, per prompt type."""
+        for i, prompts, ious in self.batch_ious(student, batch):
             for kind, values in ious["vs_teacher"].items():
                 self.val_miou[kind].update(values)
             if batch_idx == 0 and len(self.examples) < 4:
+                size = (int(batch["size"][i, 0]), int(batch["size"][i, 1]))
                 self.examples.append(self._example(batch, i, student[i : i + 1], prompts, size))
 
     @torch.no_grad()

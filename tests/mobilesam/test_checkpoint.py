@@ -75,9 +75,12 @@ def test_sidecar_sets_img_size_and_refuses_another(tmp_path):
         build_sam("vit_b", path)
 
 
-def test_atomic_save_leaves_no_temp_files(tmp_path):
+def test_atomic_save_leaves_no_temp_files_and_a_normal_mode(tmp_path):
     save_state_dict({"a": torch.ones(2)}, tmp_path / "x.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 @torch.no_grad()

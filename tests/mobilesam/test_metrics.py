@@ -57,3 +57,14 @@ def test_same_embedding_scores_one_and_a_perturbed_one_less():
     gt[:, :100, :100] = True
     with_gt = image_ious(dec, emb, prompts, (256, 192), 256, teacher_embedding=emb, gt_masks=gt)
     assert torch.equal(with_gt["vs_ground_truth"]["box"], with_gt["teacher_vs_ground_truth"]["box"])
+
+
+def test_the_protocol_module_imports_first() -> None:
+    """`mobilesam.masks` (which the protocol imports) and `mobilesam.modeling` import each other: a fresh process
+    importing the protocol before anything else must work (the evaluation does)."""
+    import subprocess
+    import sys
+
+    code = "from mobilesam.metrics import image_ious; from mobilesam.masks import upsample_binary; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -7,7 +7,7 @@ import torch
 
 from mobilesam import build_sam
 from mobilesam.checkpoint import save_state_dict
-from mobilesam.metrics import Decoder, build_prompts, decode, image_ious, select
+from mobilesam.metrics import decode, select
 from tests.helpers import perturb_
 from tests.train.test_module import Batches
 from train.module import DistillModule
@@ -32,31 +32,11 @@ def _batches(shards, n_masks: int, count: int) -> list[dict]:
 
 @torch.no_grad()
 def _miou(module, batches) -> dict[str, float]:
+    """The validation protocol's mIoU against the teacher over `batches` (eval mode)."""
     module.eval()
-    dec = Decoder(module.sam.prompt_encoder, module.sam.mask_decoder)
     sums: dict[str, list] = {}
     for batch in batches:
-        emb = module.student_embedding(batch)
-        for i in range(emb.shape[0]):
-            n = int(batch["num_masks"][i])
-            prompts = build_prompts(
-                batch["points"][i, :n],
-                batch["boxes"][i, :n],
-                batch["masks"][i, :n],
-                batch["key"][i],
-                batch["mask_ids"][i, :n].tolist(),
-                256,
-            )
-            size = (int(batch["size"][i, 0]), int(batch["size"][i, 1]))
-            ious = image_ious(
-                dec,
-                emb[i : i + 1],
-                prompts,
-                size,
-                256,
-                teacher=module.teacher_decoder(),
-                teacher_embedding=batch["embedding"][i : i + 1].float(),
-            )
+        for _, _, ious in module.batch_ious(module.student_embedding(batch), batch):
             for k, v in ious["vs_teacher"].items():
                 sums.setdefault(k, []).append(v)
     return {k: float(torch.cat(v).mean()) for k, v in sums.items()}

@@ -1,0 +1,151 @@
+"""Decoding many prompts on one image: the mask decoder's image attention factored around the shared embedding.
+
+Segment-everything decodes 64 single-point prompts per batch against one image embedding. The plain decoder
+projects the 4096 image tokens once per prompt in every attention (q/k/v/out projections, 4096 x 256 x 128 each).
+Attention against a handful of prompt tokens does not need that: with Wk the key projection,
+`q . (Wk x + bk) = (Wk^T q) . x + q . bk`, and the last term is constant over the keys, so softmax drops it;
+`softmax(s) (Wv x + bv) = (softmax(s) x) Wv^T + bv`, since attention rows sum to 1; and the image-to-token
+output `out_proj(A V)` is `A (V Wo^T)`. Each projection of the 4096 tokens becomes a product with the 7 x 8
+(tokens x heads) projected prompt tokens, about 4x fewer operations, and the first layer's image side, which does
+not depend on the prompt yet, is computed once instead of once per prompt. The IoU head runs before the
+expensive upscaling, so prompts whose masks are all filtered out by their predicted IoU are never upscaled.
+The results equal `MaskDecoder.forward` up to float rounding (the tests bound it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .modeling import Sam
+from .modeling.transformer import Attention, TwoWayAttentionBlock
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    """BxTxD -> BxHxTx(D/H)."""
+    b, t, d = x.shape
+    return x.view(b, t, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _scores(rows: Tensor, keys: Tensor, key_pe: Tensor) -> Tensor:
+    """`rows @ (keys + key_pe)^T` for BxRxC rows and 1xNxC or BxNxC keys -> BxRxN.
+
+    With one key set per prompt, the positional term is one GEMM shared by all prompts and the sum of keys
+    and encoding (a pass over BxNxC) is never formed.
+    """
+    b, r, c = rows.shape
+    if keys.shape[0] == 1:
+        return (rows.reshape(b * r, c) @ (keys + key_pe)[0].T).view(b, r, -1)
+    scores = (rows.reshape(b * r, c) @ key_pe[0].T).view(b, r, -1)
+    return scores.baddbmm_(rows, keys.transpose(1, 2))
+
+
+def _token_to_image(attn: Attention, q: Tensor, keys: Tensor, key_pe: Tensor) -> Tensor:
+    """`attn(q, keys + key_pe, keys)`: T prompt tokens q (BxTxC) attend to N image tokens (1xNxC or BxNxC).
+
+    The queries are projected back through the key projection (BxHxTxC), so the image tokens are never
+    projected; the key bias only shifts each query's scores by a constant and drops out of the softmax; the
+    value projection is applied after the attention (its rows sum to 1, so its bias passes through).
+    """
+    b, t, c = q.shape
+    nh = attn.num_heads
+    d = attn.internal_dim // nh
+    qh = _heads(attn.q_proj(q), nh)  # B x H x T x d
+    qt = ((qh @ attn.k_proj.weight.view(nh, d, c)) * d**-0.5).reshape(b, nh * t, c)
+    probs = _scores(qt, keys, key_pe).softmax(dim=-1)  # B x HT x N
+    if keys.shape[0] == 1:
+        mixed = probs.reshape(b * nh * t, -1) @ keys[0]
+    else:
+        mixed = torch.bmm(probs, keys)
+    out = mixed.view(b, nh, t, c) @ attn.v_proj.weight.view(nh, d, c).transpose(1, 2) + attn.v_proj.bias.view(nh, 1, d)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, nh * d))
+
+
+def _image_to_token(attn: Attention, keys: Tensor, key_pe: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """`keys + attn(keys + key_pe, k, v)`: N image tokens (1xNxC or BxNxC) attend to T prompt tokens (BxTxC).
+
+    Scores are `q Wq^T K^T + bq K^T`: the image tokens meet the prompt keys projected back to C channels (the
+    bias term varies over the keys and is kept). The output `out_proj(A V)` is `A (V Wo^T) + bo`; as each
+    head's weights sum to 1, `bo / H` is folded into every row of `V Wo^T`, and the residual is the
+    accumulator of that last product.
+    """
+    b, t, c = k.shape
+    nh = attn.num_heads
+    d = attn.internal_dim // nh
+    scale = d**-0.5
+    kh = _heads(attn.k_proj(k), nh)  # B x H x T x d
+    m = ((kh @ attn.q_proj.weight.view(nh, d, c)) * scale).reshape(b, nh * t, c)
+    bias = (kh @ attn.q_proj.bias.view(nh, d, 1)).view(b, nh * t, 1) * scale
+    vh = _heads(attn.v_proj(v), nh)  # B x H x T x d
+    u = vh @ attn.out_proj.weight.view(c, nh, d).permute(1, 2, 0) + attn.out_proj.bias / nh  # B x H x T x C
+    # Softmax over the T prompt tokens of each head: dim 2 of B x H x T x N
+    probs = _scores(m, keys, key_pe).add_(bias).view(b, nh, t, -1).softmax(dim=2)
+    n = probs.shape[-1]
+    return torch.baddbmm(keys.expand(b, n, c), probs.view(b, nh * t, n).transpose(1, 2), u.reshape(b, nh * t, c))
+
+
+def _block(layer: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor):
+    """`TwoWayAttentionBlock.forward` with the image attentions factored (keys may be shared: 1xNxC)."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(queries, queries, queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q, q, queries)
+    queries = layer.norm1(queries)
+    attn = _token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys, key_pe)
+    queries = layer.norm2(queries + attn)
+    queries = layer.norm3(queries + layer.mlp(queries))
+    keys = _image_to_token(layer.cross_attn_image_to_token, keys, key_pe, queries + query_pe, queries)
+    return queries, layer.norm4(keys)
+
+
+@torch.no_grad()
+def decode_tokens(model: Sam, features: Tensor, points: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Runs the prompt encoder and the two-way transformer for B prompt sets on one image embedding.
+
+    Args:
+        model: the SAM model.
+        features: 1xCxhxw image embedding (C = 256, h = w = img_size / 16).
+        points: BxNx2 point prompts (x, y) in the resized frame's pixels.
+        labels: BxN point labels.
+
+    Returns:
+        Bx4 predicted IoUs of the 4 masks (mask 0 single-mask, 1..3 multimask), Bx4x(C/8) hypernetwork
+        weights of the 4 masks, and the Bx(h*w)xC image tokens the masks are upscaled from.
+    """
+    pe, dec = model.prompt_encoder, model.mask_decoder
+    sparse, dense = pe((points, labels), None, None)
+    b = sparse.shape[0]
+    output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse], dim=1)
+    # Without a mask prompt the dense embedding is the same for every prompt set: keep one copy
+    src = (features + dense[:1]).flatten(2).transpose(1, 2)  # 1xCxhxw -> 1x(hw)xC
+    key_pe = pe.get_dense_pe().flatten(2).transpose(1, 2)
+
+    transformer = dec.transformer
+    queries, keys = tokens, src
+    for layer in transformer.layers:
+        queries, keys = _block(layer, queries, keys, tokens, key_pe)
+    q = queries + tokens
+    attn = _token_to_image(transformer.final_attn_token_to_image, q, keys, key_pe)
+    queries = transformer.norm_final_attn(queries + attn)
+
+    iou = dec.iou_prediction_head(queries[:, 0])
+    hyper = torch.stack([mlp(queries[:, 1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
+    return iou, hyper, keys.expand(b, -1, -1)
+
+
+@torch.no_grad()
+def upscale(model: Sam, keys: Tensor, hyper: Tensor) -> Tensor:
+    """Mask logits from `decode_tokens` outputs: Bx(h*w)xC tokens and BxMx(C/8) weights -> BxMx(4h)x(4w)."""
+    h, w = model.prompt_encoder.image_embedding_size
+    return model.mask_decoder.upscale_and_project(keys.contiguous(), hyper, h, w)
+
+
+def decode(model: Sam, features: Tensor, points: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Multimask logits Bx3x(4h)x(4w) and IoUs Bx3, as `MaskDecoder(..., multimask_output=True)` returns."""
+    iou, hyper, keys = decode_tokens(model, features, points, labels)
+    return upscale(model, keys, hyper[:, 1:]), iou[:, 1:]
+
+
+__all__ = ["decode", "decode_tokens", "upscale"]

@@ -1,0 +1,26 @@
+"""Evaluation (Hydra): `python scripts/evaluate.py checkpoint=PATH shards=DIR out_dir=DIR [key=value ...]`.
+
+See configs/evaluate.yaml for the keys and README.md (Evaluation) for the protocol and the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@hydra.main(config_path=str(ROOT / "configs"), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from train.evaluate import run
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
