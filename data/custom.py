@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ PRECOMPUTE_DEFAULTS: dict[str, Any] = {
     "device": "auto",  # cuda:LOCAL_RANK when there is a GPU
     "progress": True,
 }
+# The label reader's options that apply to each kind (data.labels.read_coco / read_mask_folder)
+LABEL_OPTIONS = {"coco": ("include_crowd",), "masks": ("layout", "ignore_values")}
 # What may differ between the run that made the shards and a run that reuses them
 _REUSABLE_ACROSS = ("world_size", "shard_size")
 
@@ -87,6 +89,8 @@ class CustomDataModule(ShardDataModule):
         holdout: share of the images held out for validation and the final evaluation (0: none).
         encoding: stored embedding encoding, "float16" or "int8".
         extensions: image file suffixes to use (default: all that `mobilesam.io` reads).
+        labels: options of the label reader (`data.labels`): `include_crowd` for COCO; `layout` ("auto",
+            "objects": masks/NAME/*.png, "labels": masks/NAME.png) and `ignore_values` for mask folders.
         precompute: overrides of PRECOMPUTE_DEFAULTS.
         wait_timeout_s: how long a rank waits for the others to finish their share of the precompute.
         **kwargs: `ShardDataModule`'s loader arguments (batch_size, num_workers, masks_per_image, ...).
@@ -104,6 +108,7 @@ class CustomDataModule(ShardDataModule):
         holdout: float = 0.1,
         encoding: str = "float16",
         extensions: list[str] | None = None,
+        labels: Mapping[str, Any] | None = None,
         precompute: Mapping[str, Any] | None = None,
         wait_timeout_s: float = 24 * 3600.0,
         **kwargs: Any,
@@ -128,6 +133,11 @@ class CustomDataModule(ShardDataModule):
         self.teacher.setdefault("precision", "fp32")
         self.holdout, self.encoding = float(holdout), encoding
         self.extensions = list(extensions) if extensions else list(IMAGE_EXTS)
+        self.labels = {
+            k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+            for k, v in dict(labels or {}).items()
+            if v is not None
+        }
         self.precompute = PRECOMPUTE_DEFAULTS | dict(precompute or {})
         self.wait_timeout_s = wait_timeout_s
         self.key: dict[str, Any] | None = None
@@ -144,6 +154,9 @@ class CustomDataModule(ShardDataModule):
             src["extensions"] = self.extensions
         else:
             src["annotations"] = str(self.annotations.resolve())
+            options = {k: v for k, v in self.labels.items() if k in LABEL_OPTIONS[kind]}
+            if options:
+                src["options"] = options
         if part is not None:
             src |= {"holdout": self.holdout, "part": part}
         return src

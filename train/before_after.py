@@ -21,8 +21,12 @@ COMPARISONS = ("vs_ground_truth", "vs_teacher")
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """{comparison: {prompt type: {"before", "after", "change"}}} for the comparisons both reports hold."""
+    """{comparison: {prompt type: {"before", "after", "change"}}} for the comparisons both reports hold, and
+    {"embedding_mse": {"vs_teacher": ...}} when both measured the embedding error (shards)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
+    if "embedding_mse" in before and "embedding_mse" in after:
+        b, a = before["embedding_mse"], after["embedding_mse"]
+        out["embedding_mse"] = {"vs_teacher": {"before": b, "after": a, "change": a - b}}
     for comp in COMPARISONS:
         if comp in before and comp in after:
             out[comp] = {
@@ -33,11 +37,15 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str
 
 
 def table(comparison: dict[str, dict[str, dict[str, float]]]) -> str:
-    """The comparison as a markdown table (mIoU per prompt type, before -> after)."""
+    """The comparison as a markdown table (mIoU per prompt type, before -> after), then the embedding MSE."""
     lines = ["| mIoU | " + " | ".join(PROMPT_TYPES) + " |", "| --- |" + " --- |" * len(PROMPT_TYPES)]
-    for comp, kinds in comparison.items():
-        cells = [f"{v['before']:.4f} -> {v['after']:.4f} ({v['change']:+.4f})" for v in kinds.values()]
-        lines.append(f"| {comp} | " + " | ".join(cells) + " |")
+    for comp in COMPARISONS:
+        if comp in comparison:
+            cells = [f"{v['before']:.4f} -> {v['after']:.4f} ({v['change']:+.4f})" for v in comparison[comp].values()]
+            lines.append(f"| {comp} | " + " | ".join(cells) + " |")
+    if "embedding_mse" in comparison:
+        v = comparison["embedding_mse"]["vs_teacher"]
+        lines.append(f"\nembedding MSE vs the teacher: {v['before']:.6f} -> {v['after']:.6f} ({v['change']:+.6f})")
     return "\n".join(lines)
 
 

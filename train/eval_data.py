@@ -4,7 +4,7 @@ prompts) from shards or a labelled dataset, prepared in DataLoader workers."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from data.annotations import choose_masks, decode_masks, pool_low_res, prompts_i
 from data.batch import SampleDecoder
 from data.codec import EMBED_DIM, PATCH, Int8Embedding, LazyEmbedding, ShardFormatError, as_bytes
 from data.labels import LabelledImage, LabelledSet
-from data.manifest import ManifestError, read_manifest
+from data.manifest import read_manifest
 from data.stream import raw_samples
 from mobilesam.io import load_image
 from mobilesam.transforms import resize_image
@@ -66,18 +66,25 @@ class ShardSource:
 
     kind = "shards"
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(
+        self, root: str | os.PathLike, val_fraction: float = 0.0, val_shards: Sequence[str] | None = None
+    ) -> None:
+        """`val_fraction` / `val_shards` keep only the shards a training run held out with the same setting
+        (`data.datamodule.split_shards`: the last shards by name, or the named ones); by default every shard."""
+        from data.datamodule import split_shards
+
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         self.img_size = int(self.manifest["img_size"])
-        self.shards = sorted(str(self.root / s["name"]) for s in self.manifest["shards"])
-        missing = [s for s in self.shards if not Path(s).is_file()]
-        if missing:
-            raise ManifestError(f"{len(missing)} shards listed in {self.root}/dataset.json are missing: {missing[:3]}")
+        chosen = list(split_shards(self.manifest, self.root, 0.0, None)[0])
+        if val_fraction > 0 or val_shards:
+            chosen = split_shards(self.manifest, self.root, val_fraction, val_shards)[1]
+        self.shards = [s.path for s in chosen]
+        self.count = sum(s.count for s in chosen)
         self.decoder = SampleDecoder(self.img_size, self.manifest["embedding"]["encoding"], 0)
 
     def __len__(self) -> int:
-        return int(self.manifest["sample_count"])
+        return self.count
 
     def items(self) -> Iterator[Any]:
         """Raw samples in shard-name order; an unreadable rest of a shard becomes an error record."""

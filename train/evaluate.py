@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -98,6 +99,8 @@ class Scorer:
     def score(self, batch: list[dict[str, Any]]) -> None:
         student, teacher = self.embed(batch)
         dev, s = self.device, self.img_size
+        if teacher is not None:  # the paper's loss, per image: what unlabelled data can still be scored by
+            self.tally.embedding_se.append((student - teacher).square().flatten(1).mean(1).cpu())
         for i, r in enumerate(batch):
             ids = r["mask_ids"].tolist()
             if not ids:
@@ -178,6 +181,8 @@ def evaluate(
     device: str | torch.device | None = "auto",
     examples: int = 8,
     progress: bool = True,
+    val_fraction: float = 0.0,
+    val_shards: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Scores a model with the mask-agreement protocol (mobilesam/metrics.py) and writes the report.
 
@@ -200,6 +205,8 @@ def evaluate(
         batch_size: images per encoder forward.
         num_workers: processes reading and decoding (masks at full size are the slow part).
         examples: masks in the worst-cases grid.
+        val_fraction, val_shards: on shards, score only those a training run held out with the same setting
+            (`data.val_fraction` / `data.val_shards`); by default every shard.
 
     Returns:
         The metrics.json content: {"vs_teacher": {"point", "two_points", "box"}, "vs_ground_truth": {...},
@@ -226,7 +233,7 @@ def evaluate(
         else:
             notes.append("no vs_teacher: labelled data stores no teacher embeddings; pass teacher.checkpoint")
     else:
-        source = ShardSource(data)
+        source = ShardSource(data, val_fraction, val_shards)
         if source.img_size != s:
             raise ValueError(
                 f"checkpoint {ckpt['path']} runs at img_size={s} but the shards in {data} were made at "
@@ -285,6 +292,8 @@ def _summary(
     for comp in COMPARISONS:
         if comp in per_mask:
             out[comp] = {k: float(per_mask[comp][k].double().mean()) for k in PROMPT_TYPES}
+    if tally.embedding_se:
+        out["embedding_mse"] = float(torch.cat(tally.embedding_se).double().mean())
     if not per_mask:
         notes.append("no masks were scored: every image lacks annotations or was skipped")
     decoder = (teacher or {}).get("decoder") or ("the teacher checkpoint's" if teacher_given else "none")
@@ -294,6 +303,7 @@ def _summary(
     out["data"] = {
         "kind": source.kind,
         "path": str(source.root),
+        "shards": [Path(s).name for s in source.shards] if isinstance(source, ShardSource) else None,
         "images": tally.images,
         "masks": tally.masks,
         "images_without_annotations": tally.without_annotations,
@@ -342,6 +352,8 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         device=cfg.get("device", "auto"),
         examples=int(cfg.get("examples", 8)),
         progress=bool(cfg.get("progress", True)),
+        val_fraction=float(cfg.get("val_fraction") or 0.0),
+        val_shards=cfg.get("val_shards"),
     )
     print(summary_table(result))
     return result

@@ -127,6 +127,11 @@ class DistillModule(L.LightningModule):
         source = teacher_ckpt if decoder_from == "teacher" else init
         if decoder_from not in ("teacher", "init"):
             raise ValueError(f"decoder_from={decoder_from!r}; use 'teacher' or 'init'")
+        if decoder_from == "init" and (not init or str(init).startswith("timm:")):
+            raise ValueError(
+                f"decoder_from=init keeps the prompt encoder and mask decoder of model.init, but model.init={init!r}: "
+                "set model.init=mobile_sam.pt (the model to fine-tune)"
+            )
         if not source or str(source).startswith("timm:"):
             log.warning(
                 "no checkpoint for the prompt encoder and mask decoder (decoder_from=%s): they stay RANDOM, so "

@@ -63,6 +63,7 @@ class Tally:
         self.both_empty: dict[str, dict[str, int]] = {}
         self.rows: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
+        self.embedding_se: list[Tensor] = []  # per image: mean squared error of the student's embedding
         self.images = self.masks = self.empty_masks = self.without_annotations = 0
 
     def add(self, key: str, ious: dict[str, dict[str, Tensor]], gt_empty: Tensor) -> None:
@@ -247,6 +248,8 @@ def summary_table(result: dict[str, Any]) -> str:
     for comp in COMPARISONS:
         if comp in result:
             lines.append(f"{comp:<26}" + "".join(f"{result[comp][k]:>12.4f}" for k in PROMPT_TYPES))
+    if "embedding_mse" in result:
+        lines.append(f"{'embedding MSE vs teacher':<26}{result['embedding_mse']:>12.6f}")
     lines += [f"note: {n}" for n in result["notes"]]
     if result.get("files"):
         lines.append(f"report: {Path(result['files']['metrics']).parent}")

@@ -114,21 +114,32 @@ def test_teacher_checkpoint_decodes_with_its_own_decoder(
 
 
 def test_evaluation_reproduces_training_validation(train_shards: Path, teacher_file: Path, perturbed_file) -> None:
+    """On the shards a run holds out (the same val_fraction), the report's numbers are the run's val/miou_* and
+    val/mse."""
     from data.datamodule import ShardDataModule
     from train.module import DistillModule
 
     module = DistillModule(img_size=256, init=str(perturbed_file), teacher={"checkpoint": str(teacher_file)})
     module.eval()
-    dm = ShardDataModule(train_shards, batch_size=4, num_workers=0, val_root=train_shards, val_masks_per_image=3)
+    dm = ShardDataModule(train_shards, batch_size=4, num_workers=0, val_fraction=0.25, val_masks_per_image=3)
     dm.setup("validate")
+    images = 0
     with torch.no_grad():
         for i, batch in enumerate(dm.val_dataloader()):
-            module.mask_agreement(module.student_embedding(batch), batch, i)
+            student = module.student_embedding(batch)
+            module.mask_agreement(student, batch, i)
+            module.val_mse.update(module.embedding_loss(student, batch), weight=student.shape[0])
+            images += student.shape[0]
     val = {k: float(module.val_miou[k].compute()) for k in PROMPT_TYPES}
-    ours = evaluate(module.sam, train_shards, None, masks_per_image=3, batch_size=4, examples=0, progress=False)
+    ours = evaluate(
+        module.sam, train_shards, None, masks_per_image=3, batch_size=4, examples=0, progress=False, val_fraction=0.25
+    )
+    assert ours["data"]["images"] == images == 4 and ours["data"]["shards"] == ["shard-r000-000003.tar"]
     for kind in PROMPT_TYPES:
         assert ours["vs_teacher"][kind] == pytest.approx(val[kind], abs=1e-5)
     assert ours["vs_teacher"]["point"] < 0.99  # a perturbed student: the equality is not 1 == 1
+    assert ours["embedding_mse"] == pytest.approx(float(module.val_mse.compute()), rel=1e-5)
+    assert evaluate(module.sam, train_shards, None, examples=0, progress=False)["data"]["images"] == 16
 
 
 def test_normalize_agrees_with_the_models_preprocess() -> None:

@@ -262,4 +262,4 @@ def test_a_short_cpu_run_from_a_random_model_raises_the_mask_iou(teacher_file, t
     after = _train_miou(module, dm.train_dataloader())
     print("\nmIoU against the ground truth on the training image, before -> after 120 steps:")
     print("  " + "  ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before))
-    assert all(after[k] > before[k] + 0.2 for k in before), (before, after)
+    assert all(after[k] > before[k] + 0.1 for k in before), (before, after)

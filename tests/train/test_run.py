@@ -49,8 +49,9 @@ def _consumers_load(path: Path) -> None:
     from tests.helpers import official_registry
 
     official = official_registry()["vit_t"](checkpoint=str(path))
+    written = torch.load(path, weights_only=True)
     for k, v in official.state_dict().items():
-        assert torch.equal(v, torch.load(path, weights_only=True)[k]), k
+        assert torch.equal(v, written[k]), k
     from ultralytics import SAM as UltralyticsSAM
 
     image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
@@ -91,8 +92,12 @@ def test_every_experiment_composes_and_instantiates(experiment, teacher_file, tm
         ]
     )
     assert cfg.experiment == experiment
-    if OmegaConf.is_missing(cfg.model, "init"):  # stage 2 starts from a stage-1 mobile_sam.pt
+    # stage 2 starts from a stage-1 mobile_sam.pt, a fine-tune from the model it adapts
+    if OmegaConf.is_missing(cfg.model, "init") or (cfg.model.init is None and "finetune" in experiment):
         cfg.model.init = str(teacher_file)
+    for key in ("root", "images", "annotations"):  # fine-tunes name the user's folders
+        if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):
+            cfg.data[key] = str(tmp_path)
     model = instantiate(cfg.model)
     assert model.hparams.img_size == cfg.img_size
     datamodule = instantiate(cfg.data)

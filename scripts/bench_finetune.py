@@ -1,0 +1,137 @@
+"""What one fine-tuning step costs: memory held for the backward pass, floating-point operations and CPU time.
+
+Runs one optimisation step of each fine-tuning mode on a real batch (generated labelled images, made into shards by
+the same `CustomDataModule` the experiments use, at `--img-size`) and measures, per step:
+- the bytes autograd saves for the backward pass (every saved tensor, counted once per storage), plus weights,
+  gradients and AdamW's two moments of what trains: the device memory a step needs beyond the CUDA context and
+  the allocator's slack, in fp32 (bf16 autocast stores most activations at half the size);
+- the floating-point operations of forward and backward (torch.utils.flop_counter);
+- the step's wall time on this machine's CPU (median of --rounds).
+
+Modes: `masks` (finetune_masks' default: image and prompt encoders frozen, the decoder trains from stored
+embeddings), `masks_encoder` (model.freeze=[prompt_encoder]: the image encoder trains too) and `domain`
+(finetune_domain: the encoder distils the stored teacher embeddings), each at the experiment's batch settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _saved_bytes(fn, *args: Any) -> tuple[Any, int]:
+    """Runs fn(*args) and counts the bytes of the distinct storages autograd saves for backward."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return out, sum(seen.values())
+
+
+def _module(mode: str, init: Path, img_size: int, prompts: int, rounds: int):
+    from train.finetune import FinetuneMasksModule
+    from train.module import DistillModule
+
+    opt = {"_target_": "torch.optim.AdamW", "lr": 1e-4}
+    common = {"img_size": img_size, "init": str(init), "optimizer": opt, "scheduler": None}
+    if mode == "domain":
+        m = DistillModule(decoder_from="init", mask_padding=True, **common)
+    else:
+        freeze = ["image_encoder", "prompt_encoder"] if mode == "masks" else ["prompt_encoder"]
+        m = FinetuneMasksModule(freeze=freeze, prompts_per_image=prompts, refine_rounds=rounds, **common)
+    m.configure_trainable()
+    m.train()
+    if mode != "domain":
+        for part in m._freeze:
+            getattr(m.sam, part).eval()
+    return m
+
+
+def _loss(m, mode: str, batch: dict[str, Any]) -> torch.Tensor:
+    if mode == "domain":
+        return m.embedding_loss(m.student_embedding(batch), batch)
+    emb = m.image_embedding(batch)
+    total, terms = emb.new_zeros(()), 0
+    for i in range(emb.shape[0]):
+        loss, n, _, _ = m.image_loss(emb[i : i + 1], batch, i)
+        total, terms = total + loss, terms + n
+    return total / max(terms, 1)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="benchmark.py finetune", description=__doc__)
+    ap.add_argument("--img-size", type=int, default=1024)
+    ap.add_argument("--modes", default="masks,masks_encoder,domain")
+    ap.add_argument("--batch-masks", type=int, default=2, help="images per step in the masks modes (default: 2)")
+    ap.add_argument("--batch-domain", type=int, default=8, help="images per step in domain mode (default: 8)")
+    ap.add_argument("--prompts", type=int, default=16, help="prompts per image (default: 16)")
+    ap.add_argument("--rounds", type=int, default=2, help="corrective rounds (default: 2)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed steps per mode (default: 3)")
+    args = ap.parse_args(argv)
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from data.custom import CustomDataModule
+    from data.synthetic_labels import labelled_samples, write_labelled_dataset
+    from mobilesam import build_sam
+    from mobilesam.checkpoint import save_state_dict
+
+    s = args.img_size
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        init = save_state_dict(build_sam("vit_t", img_size=s).state_dict(), tmp / "mobile_sam.pt", meta={"img_size": s})
+        n = max(args.batch_masks, args.batch_domain)
+        paths = write_labelled_dataset(tmp / "labelled", labelled_samples(n_images=n, size=(s * 3 // 4, s), seed=0))
+        teacher = {"variant": "vit_t", "checkpoint": str(init), "precision": "fp32"}
+        dm = CustomDataModule(
+            images=paths["images"], annotations=paths["coco"], cache_dir=tmp / "cache", teacher=teacher,
+            img_size=s, holdout=0.0, precompute={"num_workers": 0, "progress": False}, batch_size=n,
+            num_workers=0, masks_per_image=args.prompts, shuffle_buffer=0, rank=0, world_size=1,
+        )  # fmt: skip
+        dm.setup("fit")
+        full = next(iter(dm.train_dataloader()))
+        print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, img_size {s}")
+        print(
+            f"{'mode':<14}{'images':>7}{'trains (M params)':>19}{'saved for backward':>20}{'+ weights/grads/AdamW':>23}"
+            f"{'GFLOP/step':>12}{'CPU s/step':>12}"
+        )
+        for mode in args.modes.split(","):
+            bs = args.batch_domain if mode == "domain" else args.batch_masks
+            batch = {k: v[:bs] if isinstance(v, (torch.Tensor, list)) else v for k, v in full.items()}
+            m = _module(mode, init, s, args.prompts, args.rounds)
+            opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+            trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+            weights = sum(p.numel() * p.element_size() for p in m.sam.parameters())
+            state = trainable * 4 * 3  # gradient + AdamW's two moments, fp32
+            loss, saved = _saved_bytes(_loss, m, mode, batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            with FlopCounterMode(display=False) as fc:
+                _loss(m, mode, batch).backward()
+            opt.zero_grad(set_to_none=True)
+            times = []
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                _loss(m, mode, batch).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                times.append(time.perf_counter() - t)
+            print(
+                f"{mode:<14}{bs:>7}{trainable / 1e6:>19.2f}{saved / 2**30:>17.2f} GiB"
+                f"{(weights + state) / 2**30:>20.2f} GiB{fc.get_total_flops() / 1e9:>12.0f}"
+                f"{statistics.median(times):>12.2f}"
+            )
+    return 0
