@@ -99,8 +99,6 @@ def upsample_binary(logits: Tensor, size: tuple[int, int], threshold: float = 0.
     ext = torch.cat([ext, ext[..., -1:]], dim=3)
     corner = ext[:, :, :-1, :-1]
     mixed = (corner != ext[:, :, 1:, :-1]) | (corner != ext[:, :, :-1, 1:]) | (corner != ext[:, :, 1:, 1:])
-    from .modeling.common import is_tracing  # here: modeling's Sam imports this module (an import cycle)
-
     if is_tracing() or int(mixed.sum()) > DENSE_FRACTION * mixed.numel():
         # Noisy logits (e.g. random weights): the border is everywhere, so interpolate everything
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False) > threshold

@@ -1,21 +1,25 @@
-"""What one fine-tuning step costs: memory held for the backward pass, floating-point operations and CPU time.
+"""What one training step costs: memory held for the backward pass, floating-point operations and CPU time.
 
 Runs one optimisation step of each fine-tuning mode on a real batch (generated labelled images, made into shards by
 the same `CustomDataModule` the experiments use, at `--img-size`) and measures, per step:
 - the bytes autograd saves for the backward pass (every saved tensor, counted once per storage), plus weights,
   gradients and AdamW's two moments of what trains: the device memory a step needs beyond the CUDA context and
   the allocator's slack, in fp32 (bf16 autocast stores most activations at half the size);
-- the floating-point operations of forward and backward (torch.utils.flop_counter);
-- the step's wall time on this machine's CPU (median of --rounds).
+- the floating-point operations of forward and backward (torch.utils.flop_counter, with a corrected count for
+  grouped convolutions' backward);
+- the step's wall time on this machine's CPU (median of --repeat steps after the counted one).
 
 Modes: `masks` (finetune_masks' default: image and prompt encoders frozen, the decoder trains from stored
-embeddings), `masks_encoder` (model.freeze=[prompt_encoder]: the image encoder trains too) and `domain`
-(finetune_domain: the encoder distils the stored teacher embeddings), each at the experiment's batch settings.
+embeddings), `masks_encoder` (model.freeze=[prompt_encoder]: the image encoder trains too), `domain`
+(finetune_domain: the encoder distils the stored teacher embeddings; distill_1pct's stage 1 is the same step
+without the padding mask) and `pitl` (distill_1pct_pitl's stage 2: 16 prompts per image, 2 refinement rounds,
+teacher and student decoders), each at the experiment's batch settings (`pitl`: --batch-pitl images).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -23,6 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def _conv_backward_flops(grad_out, x, w, _b, _s, _p, _d, transposed, _op, _g, output_mask, out_shape=None, **_):
+    """Each gradient of a convolution costs its forward: 2 x outputs x (input channels / groups) x kernel.
+    (torch's own formula ignores `groups` here and counts a depthwise convolution's backward ~C times over.)"""
+    forward = 2 * math.prod(x if transposed else grad_out) * math.prod(w[1:])
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+CONV_BACKWARD = {torch.ops.aten.convolution_backward: _conv_backward_flops}
 
 
 def _saved_bytes(fn, *args: Any) -> tuple[Any, int]:
@@ -47,12 +61,16 @@ def _module(mode: str, init: Path, img_size: int, prompts: int, rounds: int):
     common = {"img_size": img_size, "init": str(init), "optimizer": opt, "scheduler": None}
     if mode == "domain":
         m = DistillModule(decoder_from="init", mask_padding=True, **common)
+    elif mode == "pitl":
+        from train.pitl import PromptInTheLoopModule
+
+        m = PromptInTheLoopModule(prompts_per_image=prompts, refine_rounds=rounds, decoder_from="init", **common)
     else:
         freeze = ["image_encoder", "prompt_encoder"] if mode == "masks" else ["prompt_encoder"]
         m = FinetuneMasksModule(freeze=freeze, prompts_per_image=prompts, refine_rounds=rounds, **common)
     m.configure_trainable()
     m.train()
-    if mode != "domain":
+    if mode not in ("domain", "pitl"):
         for part in m._freeze:
             getattr(m.sam, part).eval()
     return m
@@ -61,6 +79,10 @@ def _module(mode: str, init: Path, img_size: int, prompts: int, rounds: int):
 def _loss(m, mode: str, batch: dict[str, Any]) -> torch.Tensor:
     if mode == "domain":
         return m.embedding_loss(m.student_embedding(batch), batch)
+    if mode == "pitl":  # PromptInTheLoopModule.training_step without the logging
+        s_emb = m.student_embedding(batch)
+        losses = [m.mask_loss(s_emb, batch, i)[0] for i in range(s_emb.shape[0]) if int(batch["num_masks"][i])]
+        return m.embedding_loss(s_emb, batch) + torch.stack(losses).mean()
     emb = m.image_embedding(batch)
     total, terms = emb.new_zeros(()), 0
     for i in range(emb.shape[0]):
@@ -75,6 +97,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--modes", default="masks,masks_encoder,domain")
     ap.add_argument("--batch-masks", type=int, default=2, help="images per step in the masks modes (default: 2)")
     ap.add_argument("--batch-domain", type=int, default=8, help="images per step in domain mode (default: 8)")
+    ap.add_argument("--batch-pitl", type=int, default=8, help="images per step in pitl mode (default: 8)")
     ap.add_argument("--prompts", type=int, default=16, help="prompts per image (default: 16)")
     ap.add_argument("--rounds", type=int, default=2, help="corrective rounds (default: 2)")
     ap.add_argument("--repeat", type=int, default=3, help="timed steps per mode (default: 3)")
@@ -92,7 +115,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         init = save_state_dict(build_sam("vit_t", img_size=s).state_dict(), tmp / "mobile_sam.pt", meta={"img_size": s})
-        n = max(args.batch_masks, args.batch_domain)
+        n = max(args.batch_masks, args.batch_domain, args.batch_pitl)
         paths = write_labelled_dataset(tmp / "labelled", labelled_samples(n_images=n, size=(s * 3 // 4, s), seed=0))
         teacher = {"variant": "vit_t", "checkpoint": str(init), "precision": "fp32"}
         dm = CustomDataModule(
@@ -108,19 +131,17 @@ def main(argv: list[str]) -> int:
             f"{'GFLOP/step':>12}{'CPU s/step':>12}"
         )
         for mode in args.modes.split(","):
-            bs = args.batch_domain if mode == "domain" else args.batch_masks
+            bs = {"domain": args.batch_domain, "pitl": args.batch_pitl}.get(mode, args.batch_masks)
             batch = {k: v[:bs] if isinstance(v, (torch.Tensor, list)) else v for k, v in full.items()}
             m = _module(mode, init, s, args.prompts, args.rounds)
             opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
             trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
             weights = sum(p.numel() * p.element_size() for p in m.sam.parameters())
             state = trainable * 4 * 3  # gradient + AdamW's two moments, fp32
-            loss, saved = _saved_bytes(_loss, m, mode, batch)
-            loss.backward()
+            with FlopCounterMode(display=False, custom_mapping=CONV_BACKWARD) as fc:
+                loss, saved = _saved_bytes(_loss, m, mode, batch)
+                loss.backward()
             opt.step()
-            opt.zero_grad(set_to_none=True)
-            with FlopCounterMode(display=False) as fc:
-                _loss(m, mode, batch).backward()
             opt.zero_grad(set_to_none=True)
             times = []
             for _ in range(args.repeat):
@@ -130,7 +151,7 @@ def main(argv: list[str]) -> int:
                 opt.zero_grad(set_to_none=True)
                 times.append(time.perf_counter() - t)
             print(
-                f"{mode:<14}{bs:>7}{trainable / 1e6:>19.2f}{saved / 2**30:>17.2f} GiB"
+                f"{mode:<14}{len(batch['key']):>7}{trainable / 1e6:>19.2f}{saved / 2**30:>17.2f} GiB"
                 f"{(weights + state) / 2**30:>20.2f} GiB{fc.get_total_flops() / 1e9:>12.0f}"
                 f"{statistics.median(times):>12.2f}"
             )

@@ -80,6 +80,7 @@ class DistillModule(L.LightningModule):
         val_mask_iou: compute the mask-agreement mIoU in validation (needs masks in the validation batches).
         bn_train: BatchNorm uses batch statistics and updates its running ones (MobileSAM's recipe); False keeps
             the running statistics fixed (fine-tuning from a trained model with small batches).
+        init_required: refuse `init=None` (set by recipes that continue a trained model, such as stage 2).
     """
 
     def __init__(
@@ -94,8 +95,14 @@ class DistillModule(L.LightningModule):
         compile: bool = False,
         val_mask_iou: bool = True,
         bn_train: bool = True,
+        init_required: bool = False,
     ) -> None:
         super().__init__()
+        if init_required and not init:
+            raise ValueError(
+                "this recipe continues a trained model, but model.init is not set: pass model.init=PATH/mobile_sam.pt "
+                "(e.g. stage 1's outputs/<experiment>/<run>/mobile_sam.pt)"
+            )
         teacher, optimizer, scheduler = plain(teacher) or {}, plain(optimizer), plain(scheduler)
         self.save_hyperparameters(
             {

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -93,7 +94,11 @@ def test_every_experiment_composes_and_instantiates(experiment, teacher_file, tm
     )
     assert cfg.experiment == experiment
     # stage 2 starts from a stage-1 mobile_sam.pt, a fine-tune from the model it adapts
-    if OmegaConf.is_missing(cfg.model, "init") or (cfg.model.init is None and "finetune" in experiment):
+    needs_init = cfg.model.get("init_required") or "finetune" in experiment
+    if needs_init:
+        assert cfg.model.init is None
+        with pytest.raises(InstantiationException, match="model.init"):  # refused, naming the fix, before any work
+            instantiate(cfg.model)
         cfg.model.init = str(teacher_file)
     for key in ("root", "images", "annotations"):  # fine-tunes name the user's folders
         if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):
