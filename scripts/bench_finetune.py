@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
         tmp = Path(tmp)
         init = save_state_dict(build_sam("vit_t", img_size=s).state_dict(), tmp / "mobile_sam.pt", meta={"img_size": s})
         n = max(args.batch_masks, args.batch_domain, args.batch_pitl)
-        paths = write_labelled_dataset(tmp / "labelled", labelled_samples(n_images=n, size=(s * 3 // 4, s), seed=0))
+        paths = write_labelled_dataset(tmp / "labelled", labelled_samples(n_images=2 * n, size=(s * 3 // 4, s), seed=0))
         teacher = {"variant": "vit_t", "checkpoint": str(init), "precision": "fp32"}
         dm = CustomDataModule(
             images=paths["images"], annotations=paths["coco"], cache_dir=tmp / "cache", teacher=teacher,
@@ -125,6 +125,8 @@ def main(argv: list[str]) -> int:
         )  # fmt: skip
         dm.setup("fit")
         full = next(iter(dm.train_dataloader()))
+        if len(full["key"]) < n:
+            raise SystemExit(f"the generated data gave a batch of {len(full['key'])} images, not {n}")
         print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, img_size {s}")
         print(
             f"{'mode':<14}{'images':>7}{'trains (M params)':>19}{'saved for backward':>20}{'+ weights/grads/AdamW':>23}"

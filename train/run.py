@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ def _resolve_ckpt(ckpt_path: str | None, out_dir: Path) -> str | None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Trains as `cfg` says. Returns {"mobile_sam": path, "metrics": {...}, "objective": val/miou_point}."""
     t0 = time.time()
+    # The frozen prompt encoder and mask decoder are in eval mode on purpose (the module sets its own modes at
+    # train start); Lightning's notice about it would only alarm users
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
