@@ -11,7 +11,7 @@ demo: .venv/.installed  ## the main job on its embedded default
 	$(PY) train.py
 
 test: .venv/.installed  ## the test suite (CPU, a few minutes)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: .venv/.installed
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
