@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 from functools import partial
 
 import numpy as np
@@ -142,15 +141,12 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import mobile_sam
-
     from mobilesam import SamAutomaticMaskGenerator, SamPredictor, build_sam
-    from tests.helpers import perturb_, refresh_official, scene
+    from tests.helpers import official_perturbed, scene
 
-    torch.manual_seed(0)
-    official = refresh_official(perturb_(mobile_sam.sam_model_registry["vit_t"]())).to(args.device)
+    official = official_perturbed("vit_t", seed=0).to(args.device)
+    import mobile_sam  # already imported, quietly, by official_perturbed
+
     ours = build_sam("vit_t").to(args.device)
     ours.load_state_dict(official.state_dict())
     h, w = (int(v) for v in args.image.split("x"))

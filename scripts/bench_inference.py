@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -39,15 +38,12 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import mobile_sam
-
     from mobilesam import SamPredictor, build_sam
-    from tests.helpers import perturb_, refresh_official
+    from tests.helpers import official_perturbed
 
-    torch.manual_seed(0)
-    official = refresh_official(perturb_(mobile_sam.sam_model_registry["vit_t"]()))
+    official = official_perturbed("vit_t", seed=0)
+    import mobile_sam  # already imported, quietly, by official_perturbed
+
     ours = build_sam("vit_t")
     ours.load_state_dict(official.state_dict())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")

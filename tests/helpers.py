@@ -48,6 +48,12 @@ def refresh_official(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def official_perturbed(variant: str = "vit_t", seed: int = 0) -> nn.Module:
+    """The official model with perturbed (non-trivial random) weights and its attention-bias caches rebuilt."""
+    torch.manual_seed(seed)
+    return refresh_official(perturb_(official_registry()[variant]()))
+
+
 def scene(h: int = 240, w: int = 320):
     """A generated photo-like HxWx3 uint8 image: noise, a disc and a rectangle."""
     import numpy as np

@@ -38,6 +38,23 @@ def train_shards(teacher_file: Path, tmp_path_factory: pytest.TempPathFactory) -
     )
 
 
+def cpu_trainer(max_steps: int, **kwargs):
+    """A bare Lightning Trainer for a few CPU steps: no logger, checkpoints, progress bar, summary or validation."""
+    import lightning as L
+
+    options = dict(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    return L.Trainer(**(options | kwargs))
+
+
 def compose_train(overrides: list[str]):
     """configs/train.yaml composed with `overrides` (no Hydra run: paths must be given)."""
     from hydra import compose, initialize_config_dir

@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from tests.train.conftest import cpu_trainer
 from tests.train.test_module import Batches, fake_batch
 from train.finetune import FinetuneMasksModule
 from train.losses import dice_loss, focal_loss, mask_ious, sam_losses, valid_cells
@@ -13,16 +14,7 @@ from train.prompts import initial_prompts
 
 
 def _fit(module: FinetuneMasksModule, batches: list[dict], steps: int) -> None:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, train_dataloaders=Batches(*(batches * steps)))
+    cpu_trainer(steps).fit(module, train_dataloaders=Batches(*(batches * steps)))
 
 
 def _module(checkpoint, **kwargs) -> FinetuneMasksModule:
@@ -249,16 +241,7 @@ def test_a_short_cpu_run_from_a_random_model_raises_the_mask_iou(teacher_file, t
     )
     before = _train_miou(module, dm.train_dataloader())
     L.seed_everything(0)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=120,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, datamodule=dm)
+    cpu_trainer(120).fit(module, datamodule=dm)
     after = _train_miou(module, dm.train_dataloader())
     print("\nmIoU against the ground truth on the training image, before -> after 120 steps:")
     print("  " + "  ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before))

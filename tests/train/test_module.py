@@ -12,6 +12,7 @@ from mobilesam import build_sam
 from mobilesam.checkpoint import save_state_dict
 from mobilesam.modeling.sam import PIXEL_MEAN
 from tests.helpers import perturb_
+from tests.train.conftest import cpu_trainer
 from train.module import DistillModule, embedding_mse, normalize
 
 
@@ -108,15 +109,7 @@ def test_the_student_trains_in_train_mode(teacher_ckpt):
     assert not module.sam.training  # build_sam hands back eval mode
     bn = module.sam.image_encoder.patch_embed.seq[0].bn
     before = bn.running_mean.clone()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, train_dataloaders=Batches(fake_batch()))
+    cpu_trainer(1).fit(module, train_dataloaders=Batches(fake_batch()))
     assert not torch.equal(bn.running_mean, before)  # batch statistics were used and tracked
     assert int(bn.num_batches_tracked) == 1
 
@@ -125,11 +118,8 @@ def test_nan_loss_stops_with_a_clear_message(teacher_ckpt):
     module = DistillModule(img_size=256, teacher={"checkpoint": str(teacher_ckpt)})
     batch = fake_batch(b=1)
     batch["embedding"][0, 0, 0, 0] = float("nan")
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
-        trainer.fit(module, train_dataloaders=Batches(batch))
+        cpu_trainer(1).fit(module, train_dataloaders=Batches(batch))
 
 
 def test_validation_logs_the_protocol_miou(teacher_ckpt):

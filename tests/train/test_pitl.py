@@ -9,6 +9,7 @@ from mobilesam import build_sam
 from mobilesam.checkpoint import save_state_dict
 from mobilesam.metrics import decode, select
 from tests.helpers import perturb_
+from tests.train.conftest import cpu_trainer
 from tests.train.test_module import Batches
 from train.module import DistillModule
 from train.pitl import PromptInTheLoopModule
@@ -96,16 +97,7 @@ def test_prompt_in_the_loop_beats_encoder_only_steps(train_shards, teacher_file,
     ]:
         before = _miou(module, batches)
         L.seed_everything(0)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_steps=steps,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-        )
-        trainer.fit(module, train_dataloaders=Batches(*(batches * steps)))
+        cpu_trainer(steps).fit(module, train_dataloaders=Batches(*(batches * steps)))
         after = _miou(module, batches)
         results[name] = (before, after)
     print(f"\nmIoU against the teacher on the training images, before -> after {steps} steps:")
