@@ -38,14 +38,17 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str
 
 def table(comparison: dict[str, dict[str, dict[str, float]]]) -> str:
     """The comparison as a markdown table (mIoU per prompt type, before -> after), then the embedding MSE."""
-    lines = ["| mIoU | " + " | ".join(PROMPT_TYPES) + " |", "| --- |" + " --- |" * len(PROMPT_TYPES)]
+    lines = []
+    if any(comp in comparison for comp in COMPARISONS):  # unlabelled held-out images have no masks to score
+        lines = ["| mIoU | " + " | ".join(PROMPT_TYPES) + " |", "| --- |" + " --- |" * len(PROMPT_TYPES)]
     for comp in COMPARISONS:
         if comp in comparison:
             cells = [f"{v['before']:.4f} -> {v['after']:.4f} ({v['change']:+.4f})" for v in comparison[comp].values()]
             lines.append(f"| {comp} | " + " | ".join(cells) + " |")
     if "embedding_mse" in comparison:
         v = comparison["embedding_mse"]["vs_teacher"]
-        lines.append(f"\nembedding MSE vs the teacher: {v['before']:.6f} -> {v['after']:.6f} ({v['change']:+.6f})")
+        mse = f"embedding MSE vs the teacher: {v['before']:.6f} -> {v['after']:.6f} ({v['change']:+.6f})"
+        lines += ["", mse] if lines else [mse]
     return "\n".join(lines)
 
 

@@ -61,7 +61,7 @@ class ExportMobileSam(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A run that stops on max_steps mid-epoch has no epoch-end checkpoint: keep its final state resumable
-        trainer.save_checkpoint(self.out_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(self.out_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full: resumable
         if trainer.is_global_zero:
             self.path = export_module(pl_module, self.out_dir / self.filename, trainer, self.config)
         trainer.strategy.barrier("export_mobile_sam")

@@ -250,3 +250,19 @@ def test_a_short_cpu_run_from_a_random_model_raises_the_mask_iou(teacher_file, t
     # float noise (in this suite: 0.089 -> 0.087 or -> 0.266 depending on what ran before); it must not fall.
     assert after["box"] > before["box"] + 0.3 and after["two_points"] > before["two_points"] + 0.1, (before, after)
     assert after["point"] > before["point"] - 0.02, (before, after)
+
+
+def test_before_after_table_shows_what_was_measured():
+    from train.before_after import compare, table
+
+    before = {"vs_ground_truth": {"point": 0.1, "two_points": 0.2, "box": 0.3}, "embedding_mse": 2.0}
+    after = {"vs_ground_truth": {"point": 0.4, "two_points": 0.2, "box": 0.5}, "embedding_mse": 1.5}
+    both = compare(before, after)
+    assert both["vs_ground_truth"]["point"]["change"] == pytest.approx(0.3)
+    assert both["embedding_mse"]["vs_teacher"]["change"] == -0.5 and "vs_teacher" not in both
+    text = table(both)
+    assert "| vs_ground_truth | 0.1000 -> 0.4000 (+0.3000) | 0.2000 -> 0.2000 (+0.0000) |" in text
+    assert text.endswith("\n\nembedding MSE vs the teacher: 2.000000 -> 1.500000 (-0.500000)")
+    # unlabelled held-out images: no mask to score, the embedding error alone (no empty table)
+    alone = table(compare({"embedding_mse": 2.0}, {"embedding_mse": 1.5}))
+    assert alone == "embedding MSE vs the teacher: 2.000000 -> 1.500000 (-0.500000)"
