@@ -73,3 +73,15 @@ def test_mask_choice_is_fixed_in_validation_and_varies_by_epoch_in_training() ->
     assert len(set(train)) > 1
     assert tuple(choose_masks(50, 4, "sa_7", seed=0, epoch=2)) == train[2]  # reproducible
     assert list(choose_masks(3, 4, "k", 0, None)) == [0, 1, 2]  # fewer than asked: all of them
+
+
+def test_pool_low_res_counts_blocks_as_the_float_mean_does() -> None:
+    from data.annotations import pool_low_res
+
+    rng = np.random.default_rng(1)
+    for h, w in [(64, 64), (43, 64), (64, 37), (1, 2)]:
+        masks = rng.random((5, h, w)) < rng.random((5, 1, 1))  # densities from empty to full, many exact halves
+        frame = np.zeros((5, 64, 64), np.float32)
+        frame[:, :h, :w] = masks
+        ref = frame.reshape(5, 16, 4, 16, 4).mean(axis=(2, 4)) >= 0.5
+        assert np.array_equal(pool_low_res(masks, 64), ref), (h, w)
