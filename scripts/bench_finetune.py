@@ -76,25 +76,14 @@ def _module(mode: str, init: Path, img_size: int, prompts: int, rounds: int):
     return m
 
 
-def _loss(m, mode: str, batch: dict[str, Any]) -> torch.Tensor:
-    if mode == "domain":
-        return m.embedding_loss(m.student_embedding(batch), batch)
-    if mode == "pitl":  # PromptInTheLoopModule.training_step without the logging
-        s_emb = m.student_embedding(batch)
-        losses = [m.mask_loss(s_emb, batch, i)[0] for i in range(s_emb.shape[0]) if int(batch["num_masks"][i])]
-        return m.embedding_loss(s_emb, batch) + torch.stack(losses).mean()
-    emb = m.image_embedding(batch)
-    total, terms = emb.new_zeros(()), 0
-    for i in range(emb.shape[0]):
-        loss, n, _, _ = m.image_loss(emb[i : i + 1], batch, i)
-        total, terms = total + loss, terms + n
-    return total / max(terms, 1)
+def _loss(m, batch: dict[str, Any]) -> torch.Tensor:
+    return m.losses(batch)["loss"]
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="benchmark.py finetune", description=__doc__)
     ap.add_argument("--img-size", type=int, default=1024)
-    ap.add_argument("--modes", default="masks,masks_encoder,domain")
+    ap.add_argument("--modes", default="masks,masks_encoder,domain,pitl")
     ap.add_argument("--batch-masks", type=int, default=2, help="images per step in the masks modes (default: 2)")
     ap.add_argument("--batch-domain", type=int, default=8, help="images per step in domain mode (default: 8)")
     ap.add_argument("--batch-pitl", type=int, default=8, help="images per step in pitl mode (default: 8)")
@@ -141,14 +130,14 @@ def main(argv: list[str]) -> int:
             weights = sum(p.numel() * p.element_size() for p in m.sam.parameters())
             state = trainable * 4 * 3  # gradient + AdamW's two moments, fp32
             with FlopCounterMode(display=False, custom_mapping=CONV_BACKWARD) as fc:
-                loss, saved = _saved_bytes(_loss, m, mode, batch)
+                loss, saved = _saved_bytes(_loss, m, batch)
                 loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             times = []
             for _ in range(args.repeat):
                 t = time.perf_counter()
-                _loss(m, mode, batch).backward()
+                _loss(m, batch).backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 times.append(time.perf_counter() - t)

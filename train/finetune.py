@@ -192,7 +192,7 @@ class FinetuneMasksModule(DistillModule):
                 mask_input = chosen[:, None] if hp.mask_input else None
         return total, terms, torch.cat(first), torch.cat(last)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         if "masks" not in batch:
             raise KeyError("fine-tuning on masks needs ground-truth masks in the batch: set data.masks_per_image > 0")
         hp = self.hparams
@@ -203,22 +203,16 @@ class FinetuneMasksModule(DistillModule):
             total, terms = total + loss, terms + n
             first.append(iou0)
             last.append(iou1)
-        mask_loss = total / max(terms, 1)
-        loss = mask_loss
-        bs = emb.shape[0]
+        out = {"loss_mask": total / max(terms, 1)}
+        loss = out["loss_mask"]
         if hp.embedding_weight > 0 and not self.stored_embeddings:
-            emb_loss = self.embedding_loss(emb, batch)
-            loss = loss + hp.embedding_weight * emb_loss
-            self.log("train/loss_embedding", emb_loss, batch_size=bs)
+            out["loss_embedding"] = self.embedding_loss(emb, batch)
+            loss = loss + hp.embedding_weight * out["loss_embedding"]
         if terms == 0:  # no masks in this batch: a zero loss that still touches every trainable weight (DDP)
             loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
-        self.check_finite(loss, batch)
-        self.log_dict({"train/loss": loss, "train/loss_mask": mask_loss}, prog_bar=True, batch_size=bs)
-        if terms:
-            self.log_dict(
-                {"train/iou_first": torch.cat(first).mean(), "train/iou_last": torch.cat(last).mean()}, batch_size=bs
-            )
-        return loss
+        else:
+            out |= {"iou_first": torch.cat(first).mean(), "iou_last": torch.cat(last).mean()}
+        return {"loss": loss} | out
 
     # ------------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -199,12 +199,17 @@ class DistillModule(L.LightningModule):
         sizes = batch["size"] if self.hparams.mask_padding else None
         return embedding_mse(student, batch["embedding"], sizes, self.hparams.img_size)
 
+    def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The step's loss ("loss") and what else is logged as train/<name>; subclasses define their own."""
+        return {"loss": self.embedding_loss(self.student_embedding(batch), batch)}
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self.embedding_loss(self.student_embedding(batch), batch)
-        self.check_finite(loss, batch)
-        bs = batch["image"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        return loss
+        parts = self.losses(batch)
+        self.check_finite(parts["loss"], batch)
+        bs = batch["size"].shape[0]
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, prog_bar=name.startswith("loss"), batch_size=bs)
+        return parts["loss"]
 
     def check_finite(self, loss: Tensor, batch: dict[str, Any]) -> None:
         """Stops the run (every rank together) on a NaN/Inf loss, before it reaches the weights or a checkpoint."""

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mobilesam.metrics import Decoder, decode_all
 
-from .losses import bce_loss, dice_loss, valid_cells
+from .losses import bce_loss, dice_loss, mask_ious, valid_cells
 from .module import DistillModule
 from .prompts import PromptBatch, corrective_points, initial_prompts
 
@@ -89,10 +89,7 @@ class PromptInTheLoopModule(DistillModule):
         p = s.shape[0]
         flat_s, flat_t = s.flatten(0, 1), target.flatten(0, 1)
         loss = (bce_loss(flat_s, flat_t, valid) + dice_loss(flat_s, flat_t, valid)).view(p, -1).mean(1)
-        sm, tm = (s[:, 0] > 0) & valid, (t[:, 0] > 0) & valid
-        inter = (sm & tm).flatten(1).sum(1).float()
-        union = (sm | tm).flatten(1).sum(1).float()
-        return loss, torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+        return loss, mask_ious(s[:, 0], (t[:, 0] > 0).float(), valid)
 
     def mask_loss(self, s_emb: Tensor, batch: dict[str, Any], i: int) -> tuple[Tensor, Tensor]:
         """Mask loss of image i over its prompts and refinement rounds: (loss, mean IoU of the last round)."""
@@ -131,7 +128,7 @@ class PromptInTheLoopModule(DistillModule):
         mean_iou = torch.cat(ious).mean() if ious else s_emb.new_ones(())
         return total / max(count, 1), mean_iou
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         if "masks" not in batch:
             raise KeyError(
                 "prompt-in-the-loop training needs ground-truth masks in the batch: set data.masks_per_image"
@@ -147,14 +144,8 @@ class PromptInTheLoopModule(DistillModule):
             mask_losses.append(loss)
             ious.append(iou)
         mask_loss = torch.stack(mask_losses).mean() if mask_losses else s_emb.new_zeros(())
-        loss = hp.embedding_weight * emb_loss + hp.mask_weight * mask_loss
-        self.check_finite(loss, batch)
-        bs = s_emb.shape[0]
-        self.log_dict(
-            {"train/loss": loss, "train/loss_embedding": emb_loss, "train/loss_mask": mask_loss},
-            prog_bar=True,
-            batch_size=bs,
-        )
+        out = {"loss": hp.embedding_weight * emb_loss + hp.mask_weight * mask_loss}
+        out |= {"loss_embedding": emb_loss, "loss_mask": mask_loss}
         if ious:
-            self.log("train/mask_iou", torch.stack(ious).mean(), batch_size=bs)
-        return loss
+            out["mask_iou"] = torch.stack(ious).mean()
+        return out
