@@ -15,7 +15,7 @@ The results equal `MaskDecoder.forward` up to float rounding (the tests bound it
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .modeling import Sam
 from .modeling.transformer import Attention, TwoWayAttentionBlock
@@ -113,8 +113,16 @@ def decode_tokens(model: Sam, features: Tensor, points: Tensor, labels: Tensor) 
         Bx4 predicted IoUs of the 4 masks (mask 0 single-mask, 1..3 multimask), Bx4x(C/8) hypernetwork
         weights of the 4 masks, and the Bx(h*w)xC image tokens the masks are upscaled from.
     """
-    pe, dec = model.prompt_encoder, model.mask_decoder
-    sparse, dense = pe((points, labels), None, None)
+    sparse, dense = model.prompt_encoder((points, labels), None, None)
+    return decode_embedded(model.prompt_encoder, model.mask_decoder, features, sparse, dense)
+
+
+@torch.no_grad()
+def decode_embedded(
+    pe: nn.Module, dec: nn.Module, features: Tensor, sparse: Tensor, dense: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`decode_tokens` from prompts already embedded by `pe` (points, boxes; no mask prompt: `dense` is the same
+    for every prompt set), with any prompt encoder and mask decoder pair (a teacher's, a student's)."""
     b = sparse.shape[0]
     output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
     tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse], dim=1)
@@ -148,4 +156,4 @@ def decode(model: Sam, features: Tensor, points: Tensor, labels: Tensor) -> tupl
     return upscale(model, keys, hyper[:, 1:]), iou[:, 1:]
 
 
-__all__ = ["decode", "decode_tokens", "upscale"]
+__all__ = ["decode", "decode_embedded", "decode_tokens", "upscale"]
