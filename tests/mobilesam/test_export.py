@@ -143,7 +143,7 @@ def test_bad_training_checkpoints_fail_clearly(tmp_path):
     state = {f"sam.{k}": v for k, v in build_sam("vit_t", img_size=256).state_dict().items()}
     no_size = tmp_path / "no_size.ckpt"
     torch.save(_lightning_dict(state, {"lr": 1e-3}), no_size)
-    with pytest.raises(CheckpointError, match="no img_size .* --img-size"):
+    with pytest.raises(CheckpointError, match="no img_size .*--img-size"):
         open_checkpoint(no_size)
     assert open_checkpoint(no_size, img_size=256).img_size == 256
 
