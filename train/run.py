@@ -10,7 +10,9 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mobilesam.device import choose_device
 
 from .callbacks import ExportMobileSam
 
@@ -31,6 +33,37 @@ def _resolve_ckpt(ckpt_path: str | None, out_dir: Path) -> str | None:
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
     return str(ckpt_path)
+
+
+def place_trainer(trainer_cfg: DictConfig) -> DictConfig:
+    """The one device rule for training: `accelerator: auto` (or `gpu`) takes the GPU when there is one and the
+    CPU otherwise, with a one-line notice; half precision (bf16/fp16) is kept only on a GPU.
+
+    Returns a copy of `trainer_cfg` with `accelerator` (and, on the CPU, `precision`) made explicit.
+    """
+    trainer_cfg = trainer_cfg.copy()
+    asked = str(trainer_cfg.get("accelerator", "auto"))
+    if asked not in ("auto", "gpu", "cuda"):
+        return trainer_cfg  # "cpu", "mps", ...: as asked
+    on_gpu = choose_device("auto").type == "cuda"
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    with open_dict(trainer_cfg):
+        trainer_cfg.accelerator = "gpu" if on_gpu else "cpu"
+        if not on_gpu:
+            half = "16" in precision and not precision.startswith("32")
+            trainer_cfg.precision = "32-true" if half else precision
+            strategy = str(trainer_cfg.get("strategy", "auto"))
+            print(
+                f"no GPU found: training on the CPU (trainer.accelerator={asked} -> cpu"
+                + (f", precision {precision} -> 32-true" if half else "")
+                + (
+                    f", strategy {strategy} on {trainer_cfg.get('devices', 1)} CPU process(es)"
+                    if "ddp" in strategy
+                    else ""
+                )
+                + ")"
+            )
+    return trainer_cfg
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -54,7 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     export = ExportMobileSam(str(out_dir), config=resolved)
     callbacks.append(export)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(place_trainer(cfg.trainer), callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), out_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
