@@ -10,7 +10,8 @@ from typing import Any
 
 from mobilesam.variants import VariantError, check_img_size, check_variant
 
-ENCODINGS = ("float16", "int8")
+from .codec import ENCODINGS
+
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # not imported at run time: the ONNX runtime predictor parses prompts without PyTorch
-    import torch
     from torch import Tensor
 
 
@@ -118,10 +117,3 @@ def check_point_shapes(coords: Tensor | np.ndarray, labels: Tensor | np.ndarray 
     if len(cs) != want or cs[-1] != 2 or ls != cs[:-1]:
         form = "BxNx2 and BxN" if batched else "Nx2 and N"
         raise PromptError(f"point_coords has shape {cs} but point_labels has shape {ls}; expected {form}")
-
-
-def to_tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
-    """`a` as a tensor on `device` (float32 unless `dtype` says otherwise)."""
-    import torch
-
-    return torch.as_tensor(a, dtype=dtype or torch.float32, device=device)

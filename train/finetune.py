@@ -81,11 +81,7 @@ class FinetuneMasksModule(SamModule):
         super().__init__(**kwargs)
         self.hparams.update(
             freeze=freeze,
-            prompts_per_image=prompts_per_image,
-            box_fraction=box_fraction,
-            box_noise=box_noise,
-            box_noise_max=box_noise_max,
-            refine_rounds=refine_rounds,
+            **self.sampler.settings(),
             mask_input=mask_input,
             focal_weight=focal_weight,
             dice_weight=dice_weight,

@@ -51,11 +51,7 @@ class PromptInTheLoopModule(SamModule):
         self.sampler = PromptSampler(prompts_per_image, box_fraction, box_noise, box_noise_max, refine_rounds)
         super().__init__(**kwargs)
         self.hparams.update(
-            prompts_per_image=prompts_per_image,
-            box_fraction=box_fraction,
-            box_noise=box_noise,
-            box_noise_max=box_noise_max,
-            refine_rounds=refine_rounds,
+            **self.sampler.settings(),
             target=target,
             mask_weight=mask_weight,
             embedding_weight=embedding_weight,

@@ -160,6 +160,13 @@ class PromptSampler:
         if not 0.0 <= self.box_fraction <= 1.0:
             raise ValueError(f"model.box_fraction={self.box_fraction} must be within [0, 1]")
 
+    def settings(self) -> dict[str, float | int]:
+        """The sampler's options as the modules record them in their hyper-parameters."""
+        return {
+            k: getattr(self, k)
+            for k in ("prompts_per_image", "box_fraction", "box_noise", "box_noise_max", "refine_rounds")
+        }
+
     def initial(
         self, masks_low: Tensor, boxes: Tensor, size: tuple[int, int], img_size: int
     ) -> tuple[PromptBatch, PromptBatch]:
