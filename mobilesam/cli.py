@@ -207,21 +207,17 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
     from .export import export
 
-    try:
-        written = export(
-            args.source,
-            args.out,
-            onnx=args.onnx,
-            opset=args.opset,
-            quantize=args.quantize,
-            img_size=args.img_size,
-            single_mask=args.single_mask,
-        )
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
+    written = export(
+        args.source,
+        args.out,
+        onnx=args.onnx,
+        opset=args.opset,
+        quantize=args.quantize,
+        img_size=args.img_size,
+        single_mask=args.single_mask,
+    )
     for role, path in written.items():
         print(f"{role:<13}{path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
@@ -229,6 +225,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilesam", description="MobileSAM and SAM from the command line")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "predict": ("segment prompted objects and write an overlay PNG", _add_predict, _run_predict),
@@ -243,10 +240,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(e: BaseException) -> str:
+    """What the command prints for an error: `error: ` and its message (the kind of error named where the message
+    alone would not say it, e.g. a KeyError)."""
+    text = str(e).strip() or type(e).__name__
+    if not isinstance(e, (ValueError, OSError, RuntimeError)):
+        text = f"{type(e).__name__}: {text}"
+    return f"error: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs a subcommand. Any error ends in one `error: ...` line on stderr and exit code 1 (`--debug`: the
+    traceback instead)."""
     args = build_parser().parse_args(argv)
-    with torch.no_grad():
-        return int(args.run(args) or 0)
+    try:
+        with torch.no_grad():
+            return int(args.run(args) or 0)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        if args.debug:
+            raise
+        print(error_line(e) + " (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
