@@ -1,4 +1,4 @@
-"""The `mobilesam` console command: `predict`, `info`, `export`, `everything`."""
+"""The `mobilesam` console command: `predict`, `info`, `export`, `everything`, `demo`."""
 
 from __future__ import annotations
 
@@ -231,6 +231,37 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="weights file (default: the newest outputs/demo/*/mobile_sam.pt, else random)",
+    )
+    p.add_argument("--encoder", default=None, help="an exported encoder (.onnx, or .pte through mobilesam.deploy)")
+    p.add_argument("--decoder", default=None, help="the exported decoder that goes with --encoder")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument(
+        "--img-size", type=int, default=None, help="input size (default: the checkpoint's sidecar, else 1024)"
+    )
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    try:
+        from .demo import load_backend
+        from .demo.app import serve
+    except ImportError as e:
+        raise SystemExit(f"error: {e}") from e
+    try:
+        backend = load_backend(args.checkpoint, args.encoder, args.decoder, device=args.device, img_size=args.img_size)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from e
+    print(f"mobilesam demo: {backend.description}; open http://{args.host}:{args.port}")
+    serve(backend, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilesam", description="MobileSAM and SAM from the command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "info": ("describe a checkpoint and check that it loads strictly", _add_info, _run_info),
         "export": ("write the official weights file and, with --onnx, ONNX graphs", _add_export, _run_export),
         "everything": ("segment everything in an image and write an overlay PNG", _add_everything, _run_everything),
+        "demo": ("serve the interactive web demo (needs mobilesam[demo])", _add_demo, _run_demo),
     }
     for name, (help, add, run) in commands.items():
         p = sub.add_parser(name, help=help, description=help)

@@ -115,6 +115,9 @@ def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
                         MIN_POINTS_PER_SIDE, MAX_POINTS_PER_SIDE, value=16, step=1, label="points per side"
                     )
                     everything = gr.Button("Segment everything", elem_id="everything")
+                with gr.Accordion("segment-everything thresholds (SAM's defaults)", open=False):
+                    iou_thresh = gr.Slider(0, 1, value=0.88, step=0.01, label="predicted IoU above")
+                    stability_thresh = gr.Slider(0, 1, value=0.95, step=0.01, label="stability score at least")
                 candidates = gr.Gallery(
                     label="candidates (click one to show it)",
                     columns=3,
@@ -135,7 +138,7 @@ def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
         undo.click(handler(session.undo), [state], out)
         clear.click(handler(session.clear), [state], out)
         multimask.change(handler(session.set_multimask), [state, multimask], out)
-        everything.click(handler(session.everything), [state, per_side], out)
+        everything.click(handler(session.everything), [state, per_side, iou_thresh, stability_thresh], out)
         candidates.select(handler(on_choose), [state], out)
     app.demo_out_dir = out_dir
     return app

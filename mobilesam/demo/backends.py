@@ -53,7 +53,9 @@ class Backend(Protocol):
         self, key: str, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, multimask: bool
     ) -> Decoded: ...
 
-    def everything(self, image: np.ndarray, key: str, points_per_side: int) -> Decoded: ...
+    def everything(
+        self, image: np.ndarray, key: str, points_per_side: int, pred_iou_thresh: float, stability_score_thresh: float
+    ) -> Decoded: ...
 
 
 class EmbeddingCache:
@@ -134,7 +136,9 @@ class RuntimeBackend:
         r = self.predictor.decode(emb, **kwargs)
         return Decoded(np.asarray(r.masks, bool), np.asarray(r.scores, np.float32))
 
-    def everything(self, image: np.ndarray, key: str, points_per_side: int) -> Decoded:
+    def everything(
+        self, image: np.ndarray, key: str, points_per_side: int, pred_iou_thresh: float, stability_score_thresh: float
+    ) -> Decoded:
         raise NotImplementedError(
             "segment everything needs the PyTorch model: start the demo with --checkpoint, not --encoder/--decoder"
         )

@@ -210,8 +210,15 @@ class DemoSession:
         state.message = f"Mask of {area} px (predicted IoU {state.result.scores[state.chosen]:.3f})."
         return state
 
-    def everything(self, state: SessionState, points_per_side: int) -> SessionState:
-        """Segments everything with an NxN grid of point prompts (SamAutomaticMaskGenerator)."""
+    def everything(
+        self,
+        state: SessionState,
+        points_per_side: int,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+    ) -> SessionState:
+        """Segments everything with an NxN grid of point prompts (SamAutomaticMaskGenerator; SAM's default
+        thresholds: a mask is kept when its predicted IoU exceeds 0.88 and its stability score reaches 0.95)."""
         image = self._require_image(state)
         n = int(points_per_side)
         if not MIN_POINTS_PER_SIDE <= n <= MAX_POINTS_PER_SIDE:
@@ -222,15 +229,20 @@ class DemoSession:
                 "graphs have no grid decoder)"
             )
         start = time.perf_counter()
-        result = self.backend.everything(image, state.key, n)
+        if not (0 <= pred_iou_thresh <= 1 and 0 <= stability_score_thresh <= 1):
+            raise DemoError(
+                f"the thresholds must lie in [0, 1], got predicted IoU {pred_iou_thresh} and stability "
+                f"{stability_score_thresh}"
+            )
+        result = self.backend.everything(image, state.key, n, float(pred_iou_thresh), float(stability_score_thresh))
         state.timings["everything"] = time.perf_counter() - start
         order = np.argsort([-int(m.sum()) for m in result.masks], kind="stable")  # large first: small stay visible
         state.result = Decoded(result.masks[order], result.scores[order])
         state.prompts, state.history, state.everything = Prompts(), [], True
         state.downloads = self._write(state) if len(result.masks) else None
         state.message = f"Segment everything: {len(result.masks)} masks from a {n}x{n} grid."
-        if not len(result.masks) and self.backend.random_weights:
-            state.message += " (Random weights rarely pass SAM's quality filters.)"
+        if not len(result.masks):
+            state.message += " None passed the quality filters: lower the thresholds (random weights need 0)."
         return state
 
     # What the page shows

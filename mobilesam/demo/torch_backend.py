@@ -104,10 +104,18 @@ class TorchBackend:
             )
         return Decoded(masks.astype(bool), scores.astype(np.float32))
 
-    def everything(self, image: np.ndarray, key: str, points_per_side: int) -> Decoded:
-        """Every mask `SamAutomaticMaskGenerator` finds from an NxN point grid (SAM's default thresholds)."""
+    def everything(
+        self, image: np.ndarray, key: str, points_per_side: int, pred_iou_thresh: float, stability_score_thresh: float
+    ) -> Decoded:
+        """Every mask `SamAutomaticMaskGenerator` finds from an NxN point grid with these quality thresholds."""
         with self.lock:
-            generator = SamAutomaticMaskGenerator(self.model, points_per_side=points_per_side, predictor=self.predictor)
+            generator = SamAutomaticMaskGenerator(
+                self.model,
+                points_per_side=points_per_side,
+                pred_iou_thresh=pred_iou_thresh,
+                stability_score_thresh=stability_score_thresh,
+                predictor=self.predictor,
+            )
             records = generator.generate(image)
         h, w = image.shape[:2]
         masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, h, w), bool)
