@@ -309,6 +309,8 @@ class DemoSession:
                 steps.append(f"decoder {_ms(t['decode'])} per click")
             if "everything" in t:
                 steps.append(f"segment everything {_ms(t['everything'])}")
+            if "files" in t:
+                steps.append(f"PNG + JSON files {_ms(t['files'])}")
             if "render" in t:
                 steps.append(f"drawing {_ms(t['render'])}")
             lines.append("**Time**: " + " · ".join(steps) + ".")
@@ -323,8 +325,11 @@ class DemoSession:
         prompts = {**state.prompts.as_dict(), "mode": "everything" if state.everything else "prompts"}
         if state.multimask and not state.everything:
             prompts["candidate"] = state.chosen
+        start = time.perf_counter()
         folder = self.out_dir / uuid.uuid4().hex
-        return write_downloads(folder, masks, self.shown_scores(state), state.name, prompts)
+        paths = write_downloads(folder, masks, self.shown_scores(state), state.name, prompts)
+        state.timings["files"] = time.perf_counter() - start
+        return paths
 
 
 def guarded(fn: Callable[..., SessionState]) -> Callable[..., SessionState]:

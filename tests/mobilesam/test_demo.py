@@ -252,8 +252,28 @@ def test_default_weights_are_the_newest_demo_output_else_random(tmp_path, small_
     assert not b.random_weights and str(new / "mobile_sam.pt") in b.description and b.img_size == 256
     b = load_backend(root=tmp_path / "empty", device="cpu", img_size=256)
     assert b.random_weights and "RANDOM" in b.description
+    pytest.importorskip("gradio")
+    from mobilesam.demo.app import build_app
+
+    warnings = [
+        c for c in build_app(b, tmp_path / "o").blocks.values() if getattr(c, "elem_id", None) == "random-weights"
+    ]
+    assert len(warnings) == 1 and "Random weights" in warnings[0].value
     with pytest.raises(ValueError, match="--encoder and --decoder together"):
         load_backend(encoder="e.onnx")
+
+
+def test_cli_demo_refuses_bad_arguments_with_a_message(tmp_path, small_checkpoint):
+    from mobilesam.cli import build_parser, main
+
+    args = build_parser().parse_args(["demo", "--checkpoint", "m.pt", "--port", "8000"])
+    assert (args.checkpoint, args.host, args.port, args.encoder) == ("m.pt", "127.0.0.1", 8000, None)
+    with pytest.raises(SystemExit, match="give --encoder and --decoder together"):
+        main(["demo", "--encoder", "e.onnx"])
+    with pytest.raises(SystemExit, match="not both"):
+        main(["demo", "--checkpoint", str(small_checkpoint), "--encoder", "e.onnx", "--decoder", "d.onnx"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["demo", "--encoder", str(tmp_path / "e.onnx"), "--decoder", str(tmp_path / "d.onnx")])
 
 
 @pytest.mark.slow  # the ONNX export: ~50 s on 2 busy cores
@@ -387,6 +407,13 @@ def test_clicking_in_chromium_shows_the_mask_and_downloads_it(backend, reference
         ]
         remote = [u for u in urls if u.startswith(("http:", "https:", "ws:", "wss:")) and "//127.0.0.1:" not in u]
         assert urls and not remote, remote
+
+        # An unreadable upload: a message in the page, the image and its mask stay
+        broken = tmp_path / "broken.jpg"
+        broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+        browser.find_element(By.CSS_SELECTOR, "#upload input[type=file], input[type=file]").send_keys(str(broken))
+        _wait("the error message", lambda: "cannot read broken.jpg" in status.text)
+        assert "Traceback" not in browser.page_source and browser.find_elements(By.CSS_SELECTOR, "#canvas img")
     finally:
         browser.quit()
         app.close()
