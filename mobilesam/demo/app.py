@@ -99,6 +99,9 @@ def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
                     elem_id="canvas",
                     buttons=[],
                 )
+                with gr.Row():
+                    png = gr.DownloadButton("Mask PNG", interactive=False, elem_id="download-png")
+                    js = gr.DownloadButton("Masks COCO RLE JSON", interactive=False, elem_id="download-json")
                 status = gr.Markdown(session.status(SessionState()), elem_id="status")
             with gr.Column(scale=2):
                 upload = gr.UploadButton("Upload an image", file_types=["image"], elem_id="upload")
@@ -127,9 +130,6 @@ def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
                     allow_preview=False,
                     elem_id="candidates",
                 )
-                with gr.Row():
-                    png = gr.DownloadButton("Mask PNG", interactive=False, elem_id="download-png")
-                    js = gr.DownloadButton("Masks COCO RLE JSON", interactive=False, elem_id="download-json")
 
         out = [state, image, status, candidates, png, js]
         upload.upload(handler(on_upload), [state, upload], out)

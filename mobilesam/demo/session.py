@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mobilesam.io import load_image
-from mobilesam.viz import overlay, palette
+from mobilesam.viz import overlay
 
 from .backends import Backend, Decoded, image_key
 from .files import write_downloads
@@ -29,6 +29,10 @@ MAX_SIDE = 4096
 MAX_FILE_MB = 50
 MODES = ("positive point", "negative point", "box (two clicks)")
 MIN_POINTS_PER_SIDE, MAX_POINTS_PER_SIDE = 4, 64
+
+
+# The prompted mask's colour (segment-anything's notebooks' blue), and its opacity
+MASK_COLOUR, MASK_ALPHA = np.array([30, 144, 255], np.float32), 0.6
 
 
 class DemoError(ValueError):
@@ -68,6 +72,34 @@ class SessionState:
     embed_cached: bool = False
     message: str = ""
     downloads: tuple[Path, Path] | None = None
+
+
+def blend(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 image with an HxW bool mask blended in `MASK_COLOUR`."""
+    out = image.astype(np.float32)
+    out[mask] = out[mask] * (1 - MASK_ALPHA) + MASK_COLOUR * MASK_ALPHA
+    return out.round().astype(np.uint8)
+
+
+def picture(image: np.ndarray, masks: np.ndarray, prompts: Prompts, everything: bool) -> Image.Image:
+    """What the page shows: the prompted mask in blue with its points (green positive, red negative), box and
+    pending box corner (white); after segment-everything every mask in its own colour (`mobilesam.viz.overlay`)."""
+    if everything:
+        return overlay(image, masks)
+    base = blend(image, masks[0]) if len(masks) else image
+    p = prompts
+    points = np.asarray(p.points).reshape(-1, 2) if p.points else None
+    canvas = overlay(base, [], points=points, labels=np.asarray(p.labels) if p.points else None)
+    draw = ImageDraw.Draw(canvas)
+    width = max(2, round(max(image.shape[:2]) / 300))
+    if p.box is not None:
+        draw.rectangle(p.box, outline=(255, 255, 255), width=width)
+    if p.corner is not None:
+        x, y = p.corner
+        r = 4 * width
+        draw.line([x - r, y, x + r, y], fill=(255, 255, 255), width=width)
+        draw.line([x, y - r, x, y + r], fill=(255, 255, 255), width=width)
+    return canvas
 
 
 def _ms(seconds: float) -> str:
@@ -260,27 +292,12 @@ class DemoSession:
         return state.result.scores if state.everything else state.result.scores[state.chosen : state.chosen + 1]
 
     def render(self, state: SessionState) -> Image.Image | None:
-        """The image with the shown masks blended in, the points, the box and a pending box corner."""
+        """The page's picture of the state (see `picture`), or None before an image is loaded."""
         if state.image is None:
             return None
         start = time.perf_counter()
         masks = self.shown_masks(state)
-        p = state.prompts
-        canvas = overlay(
-            state.image,
-            masks if masks is not None else [],
-            points=np.asarray(p.points).reshape(-1, 2) if p.points else None,
-            labels=np.asarray(p.labels) if p.points else None,
-        )
-        draw = ImageDraw.Draw(canvas)
-        width = max(2, round(max(state.image.shape[:2]) / 300))
-        if p.box is not None:
-            draw.rectangle(p.box, outline=(255, 255, 255), width=width)
-        if p.corner is not None:
-            x, y = p.corner
-            r = 4 * width
-            draw.line([x - r, y, x + r, y], fill=(255, 255, 255), width=width)
-            draw.line([x, y - r, x, y + r], fill=(255, 255, 255), width=width)
+        canvas = picture(state.image, masks if masks is not None else np.zeros((0,)), state.prompts, state.everything)
         state.timings["render"] = time.perf_counter() - start
         return canvas
 
@@ -288,13 +305,10 @@ class DemoSession:
         """The three candidates of a multimask result, each drawn alone, with its predicted IoU."""
         if state.result is None or state.everything or len(state.result.masks) < 2:
             return []
-        colour = palette(1)[0]
         out = []
         for i, (m, s) in enumerate(zip(state.result.masks, state.result.scores)):
-            pic = state.image.astype(np.float32)
-            pic[m] = pic[m] * 0.5 + colour * 0.5
             mark = " (shown)" if i == state.chosen else ""
-            out.append((Image.fromarray(pic.round().astype(np.uint8)), f"mask {i + 1}: IoU {s:.3f}{mark}"))
+            out.append((Image.fromarray(blend(state.image, m)), f"mask {i + 1}: IoU {s:.3f}{mark}"))
         return out
 
     def status(self, state: SessionState) -> str:

@@ -17,7 +17,7 @@ from mobilesam import SamAutomaticMaskGenerator, SamPredictor, build_sam
 from mobilesam.demo import MAX_SIDE, MODES, DemoError, DemoSession, SessionState, default_checkpoint, load_backend
 from mobilesam.demo.examples import EXAMPLES, example
 from mobilesam.demo.files import mask_png, masks_json, rle_decode, rle_encode
-from mobilesam.demo.session import guarded
+from mobilesam.demo.session import MASK_COLOUR, Prompts, guarded, picture
 
 POS, NEG, BOX = MODES
 # gradio's own queue code, under pandas 3
@@ -348,7 +348,6 @@ def test_clicking_in_chromium_shows_the_mask_and_downloads_it(backend, reference
     from selenium.webdriver.common.by import By
 
     from mobilesam.demo.app import serve
-    from mobilesam.viz import overlay
 
     downloads = tmp_path / "downloads"
     browser = _chrome(downloads)
@@ -385,7 +384,7 @@ def test_clicking_in_chromium_shows_the_mask_and_downloads_it(backend, reference
         assert np.array_equal(mask, want[0]) and 0 < mask.sum() < mask.size
         img = browser.find_element(By.CSS_SELECTOR, "#canvas img")
         served = np.asarray(Image.open(urlopen(img.get_attribute("src"), timeout=10)).convert("RGB"))
-        drawn = overlay(example("shapes"), mask[None], points=np.array([point]), labels=np.array([1]))
+        drawn = picture(example("shapes"), mask[None], Prompts(points=[point], labels=[1]), everything=False)
         assert np.array_equal(served, np.asarray(drawn))
 
         # The screenshot: the pixels that changed are the mask's, blended toward the overlay colour
@@ -398,6 +397,8 @@ def test_clicking_in_chromium_shows_the_mask_and_downloads_it(backend, reference
         assert (changed == shown).mean() > 0.9
         blended = np.asarray(drawn.resize(after.shape[1::-1], Image.BILINEAR)).astype(int)
         assert np.median(np.abs(after - blended)[shown]) < 12
+        toward = ((after - before)[shown] * (MASK_COLOUR - before[shown])).sum(-1)  # moved toward the blue
+        assert (toward > 0).mean() > 0.9
 
         # Nothing was fetched from anywhere but this server (no CDN fonts or scripts, no analytics)
         urls = [
