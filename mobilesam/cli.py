@@ -248,6 +248,8 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+
     try:
         from .demo import load_backend
         from .demo.app import serve
@@ -255,7 +257,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {e}") from e
     try:
         backend = load_backend(args.checkpoint, args.encoder, args.decoder, device=args.device, img_size=args.img_size)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileNotFoundError, ImportError, CheckpointError) as e:
         raise SystemExit(f"error: {e}") from e
     print(f"mobilesam demo: {backend.description}; open http://{args.host}:{args.port}")
     serve(backend, host=args.host, port=args.port)

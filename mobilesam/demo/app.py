@@ -80,7 +80,7 @@ def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
         return session.choose(state, int(evt.index))
 
     with gr.Blocks(title="MobileSAM demo", analytics_enabled=False) as app:
-        state = gr.State(None)
+        state = gr.State(None, time_to_live=3600)  # an idle session's image and masks go after an hour
         gr.Markdown(INTRO)
         if backend.random_weights:
             gr.Markdown(

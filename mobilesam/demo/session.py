@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -130,6 +131,7 @@ class DemoSession:
         key = image_key(image)
         start = time.perf_counter()
         cached = self.backend.embed(image, key)
+        self._drop_files(state)
         state = SessionState(image=image, key=key, name=name, multimask=state.multimask)
         state.timings["embed"] = time.perf_counter() - start
         state.embed_cached = cached
@@ -201,7 +203,7 @@ class DemoSession:
     def clear(self, state: SessionState) -> SessionState:
         """Removes every prompt and mask; the image and its embedding stay."""
         state.prompts, state.history, state.result, state.everything = Prompts(), [], None, False
-        state.downloads = None
+        state.downloads = self._drop_files(state)
         state.message = "Cleared."
         return state
 
@@ -224,7 +226,7 @@ class DemoSession:
     def _decode(self, state: SessionState) -> SessionState:
         p = state.prompts
         if p.empty():
-            state.result, state.downloads = None, None
+            state.result, state.downloads = None, self._drop_files(state)
             state.message = "No prompt left: click on the image."
             return state
         start = time.perf_counter()
@@ -271,7 +273,7 @@ class DemoSession:
         order = np.argsort([-int(m.sum()) for m in result.masks], kind="stable")  # large first: small stay visible
         state.result = Decoded(result.masks[order], result.scores[order])
         state.prompts, state.history, state.everything = Prompts(), [], True
-        state.downloads = self._write(state) if len(result.masks) else None
+        state.downloads = self._write(state)
         state.message = f"Segment everything: {len(result.masks)} masks from a {n}x{n} grid."
         if not len(result.masks):
             state.message += " None passed the quality filters: lower the thresholds (random weights need 0)."
@@ -332,7 +334,14 @@ class DemoSession:
             lines.append(state.message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
         return "\n\n".join(lines)
 
+    def _drop_files(self, state: SessionState) -> None:
+        """Removes the previous result's files: there is nothing to download now."""
+        if state.downloads:
+            shutil.rmtree(state.downloads[0].parent, ignore_errors=True)
+
     def _write(self, state: SessionState) -> tuple[Path, Path] | None:
+        """Writes the shown masks' downloads, removing the previous result's files (the page offers the new)."""
+        self._drop_files(state)
         masks = self.shown_masks(state)
         if masks is None or not len(masks):
             return None

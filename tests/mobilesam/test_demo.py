@@ -145,6 +145,9 @@ def test_downloads_decode_to_the_shown_mask(loaded):
     session, state = loaded
     state = session.click(state, 300, 100, POS)
     mask = state.result.masks[0]
+    first = state.downloads
+    state = session.click(session.undo(state), 300, 100, POS)
+    assert not first[0].parent.exists()  # the previous result's files are removed
     png, doc = _downloaded(state)
     assert png.dtype == np.uint8 and set(np.unique(png)) <= {0, 255} and np.array_equal(png == 255, mask)
     (ann,) = doc["annotations"]
@@ -272,6 +275,8 @@ def test_cli_demo_refuses_bad_arguments_with_a_message(tmp_path, small_checkpoin
         main(["demo", "--encoder", "e.onnx"])
     with pytest.raises(SystemExit, match="not both"):
         main(["demo", "--checkpoint", str(small_checkpoint), "--encoder", "e.onnx", "--decoder", "d.onnx"])
+    with pytest.raises(SystemExit, match="error: .*nope.pt"):
+        main(["demo", "--checkpoint", str(tmp_path / "nope.pt")])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["demo", "--encoder", str(tmp_path / "e.onnx"), "--decoder", str(tmp_path / "d.onnx")])
 
