@@ -306,15 +306,25 @@ def test_exported_onnx_files_give_the_onnx_predictors_masks(small_checkpoint, tm
 # The page in a real browser
 
 
-def _chrome(download_dir: Path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (the dev extra)")
+@pytest.fixture()
+def chrome_paths() -> tuple[str, str]:
+    """(chromium, chromedriver), or a skip that says what to install (checked before the model fixtures)."""
+    pytest.importorskip("selenium", reason="the browser test needs selenium (pip install -e '.[dev]')")
+    pytest.importorskip("gradio", reason="the browser test needs gradio (pip install -e '.[dev]')")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip(
+            "the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver): "
+            f"chromium {'found' if chromium else 'missing'}, chromedriver {'found' if driver else 'missing'}"
+        )
+    return chromium, driver
+
+
+def _chrome(paths: tuple[str, str], download_dir: Path):
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, driver = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
-    if not Path(chromium).is_file() or driver is None:
-        pytest.skip(
-            "the browser test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"
-        )
+    chromium, driver = paths
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking "
@@ -345,7 +355,7 @@ def _wait(what: str, check, timeout: float = 20.0):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_clicking_in_chromium_shows_the_mask_and_downloads_it(backend, reference, tmp_path):
+def test_clicking_in_chromium_shows_the_mask_and_downloads_it(chrome_paths, backend, reference, tmp_path):
     from io import BytesIO
     from urllib.request import urlopen
 
@@ -355,7 +365,7 @@ def test_clicking_in_chromium_shows_the_mask_and_downloads_it(backend, reference
     from mobilesam.demo.app import serve
 
     downloads = tmp_path / "downloads"
-    browser = _chrome(downloads)
+    browser = _chrome(chrome_paths, downloads)
     port = _free_port()
     app = serve(backend, port=port, block=False, out_dir=tmp_path / "served")
     try:
