@@ -281,6 +281,22 @@ def test_cli_demo_refuses_bad_arguments_with_a_message(tmp_path, small_checkpoin
         main(["demo", "--encoder", str(tmp_path / "e.onnx"), "--decoder", str(tmp_path / "d.onnx")])
 
 
+def test_exported_files_go_through_mobilesam_deploy_when_it_exists(monkeypatch):
+    import sys
+    import types
+
+    from mobilesam.demo.backends import _runtime_predictor
+
+    with pytest.raises(ValueError, match=r"runs exported \.onnx files only.*mobilesam\.deploy"):
+        _runtime_predictor("encoder.pte", "decoder.pte")
+    calls = []
+    deploy = types.ModuleType("mobilesam.deploy")
+    deploy.load_predictor = lambda e, d: calls.append((e, d)) or types.SimpleNamespace(img_size=512)
+    monkeypatch.setitem(sys.modules, "mobilesam.deploy", deploy)
+    b = load_backend(encoder="x/encoder.pte", decoder="x/decoder.pte")
+    assert calls == [("x/encoder.pte", "x/decoder.pte")] and b.img_size == 512 and "encoder.pte" in b.description
+
+
 @pytest.mark.slow  # the ONNX export: ~50 s on 2 busy cores
 def test_exported_onnx_files_give_the_onnx_predictors_masks(small_checkpoint, tmp_path):
     pytest.importorskip("onnxruntime")
