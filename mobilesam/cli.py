@@ -1,4 +1,4 @@
-"""The `mobilesam` console command: `predict`, `info`, `export`, `everything`."""
+"""The `mobilesam` console command: `predict`, `info`, `export`, `everything`, `demo`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ def _point_set(text: str) -> list[list[float]]:
     return [_floats(p, 2, "point") for p in text.split(";")]
 
 
+def _label_set(text: str) -> list[int]:
+    """'1' or '1;0' (the labels of one object's points): 1 positive, 0 negative."""
+    try:
+        labels = [int(v) for v in text.split(";")]
+    except ValueError:
+        labels = []
+    if not labels or any(v not in (0, 1) for v in labels):
+        raise argparse.ArgumentTypeError(f"labels {text!r} must be 1 (positive) or 0 (negative), joined with ';'")
+    return labels
+
+
 def _box(text: str) -> list[float]:
     return _floats(text, 4, "box")
 
@@ -43,6 +54,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--labels",
         nargs="+",
+        type=_label_set,
         default=None,
         metavar="L[;L]",
         help="labels nested like --points (1 positive, 0 negative); default all positive",
@@ -58,18 +70,11 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from .facade import SAM
-    from .io import ImageReadError
-    from .prompts import PromptError
 
-    # N objects x K points x 2, labels N x K: parse_points reads this nesting directly
-    labels = [[int(v) for v in group.split(";")] for group in args.labels] if args.labels else None
     model = SAM(args.checkpoint, device=args.device, img_size=args.img_size)
-    try:
-        (result,) = model.predict(
-            args.image, points=args.points, labels=labels, bboxes=args.boxes, multimask_output=args.multimask
-        )
-    except (PromptError, ImageReadError) as e:
-        raise SystemExit(f"error: {e}") from e
+    (result,) = model.predict(
+        args.image, points=args.points, labels=args.labels, bboxes=args.boxes, multimask_output=args.multimask
+    )
     out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + "_masks.png")
     result.save(out)
     for i, (score, box, mask) in enumerate(zip(result.scores, result.boxes, result.masks)):
@@ -109,29 +114,23 @@ def _run_everything(args: argparse.Namespace) -> int:
     from .everything.regions import mask_areas
     from .facade import SAM
     from .files import atomic_write
-    from .io import ImageReadError, load_image
+    from .io import load_image
     from .viz import overlay
 
-    try:
-        image = load_image(args.image)
-    except ImageReadError as e:
-        raise SystemExit(f"error: {e}") from e
+    image = load_image(args.image)
     sam = SAM(args.checkpoint, device=args.device, img_size=args.img_size)
-    try:
-        generator = SamAutomaticMaskGenerator(
-            sam.model,
-            points_per_side=args.points_per_side,
-            points_per_batch=args.points_per_batch,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_score_thresh,
-            box_nms_thresh=args.box_nms_thresh,
-            crop_n_layers=args.crop_n_layers,
-            min_mask_region_area=args.min_mask_region_area,
-            output_mode="coco_rle" if args.json else "binary_mask",
-            predictor=sam.predictor,
-        )
-    except (ValueError, ImportError) as e:
-        raise SystemExit(f"error: {e}") from e
+    generator = SamAutomaticMaskGenerator(
+        sam.model,
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        crop_n_layers=args.crop_n_layers,
+        min_mask_region_area=args.min_mask_region_area,
+        output_mode="coco_rle" if args.json else "binary_mask",
+        predictor=sam.predictor,
+    )
     start = time.perf_counter()
     found = generator.generate_masks(image)
     seconds = time.perf_counter() - start
@@ -223,6 +222,32 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="weights file (default: the newest outputs/demo/*/mobile_sam.pt, else random)",
+    )
+    p.add_argument("--encoder", default=None, help="an exported encoder (.onnx, or .pte through mobilesam.deploy)")
+    p.add_argument("--decoder", default=None, help="the exported decoder that goes with --encoder")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument(
+        "--img-size", type=int, default=None, help="input size (default: the checkpoint's sidecar, else 1024)"
+    )
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import load_backend
+    from .demo.app import serve  # ImportError names the extra (mobilesam[demo])
+
+    backend = load_backend(args.checkpoint, args.encoder, args.decoder, device=args.device, img_size=args.img_size)
+    print(f"mobilesam demo: {backend.description}; open http://{args.host}:{args.port}")
+    serve(backend, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilesam", description="MobileSAM and SAM from the command line")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
@@ -232,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "info": ("describe a checkpoint and check that it loads strictly", _add_info, _run_info),
         "export": ("write the official weights file and, with --onnx, ONNX graphs", _add_export, _run_export),
         "everything": ("segment everything in an image and write an overlay PNG", _add_everything, _run_everything),
+        "demo": ("serve the interactive web demo (needs mobilesam[demo])", _add_demo, _run_demo),
     }
     for name, (help, add, run) in commands.items():
         p = sub.add_parser(name, help=help, description=help)

@@ -66,7 +66,8 @@ def require_file(path: str | os.PathLike, what: str, hint: str = "") -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        raise IsADirectoryError(f"{what} {path} is a directory; give the path of a {what} file inside it")
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise IsADirectoryError(f"{what} {path} is a directory; give the path of {article} {what} file inside it")
     if path.exists():
         raise FileNotFoundError(f"{what} {path} is not a regular file (a device, socket or fifo)")
     raise FileNotFoundError(f"{what} {path} does not exist" + (f". {hint}" if hint else ""))

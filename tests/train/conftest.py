@@ -1,4 +1,4 @@
-"""Helpers of the training tests: a CPU trainer, composed configs, fast overrides (teacher, shards: tests/conftest.py)."""
+"""Helpers of the training tests: a CPU trainer, composed configs, fast overrides (fixtures: tests/conftest.py)."""
 
 from __future__ import annotations
 
