@@ -108,14 +108,12 @@ def _run_everything(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from PIL import Image
-
     from .everything import SamAutomaticMaskGenerator
     from .everything.regions import mask_areas
     from .facade import SAM
     from .files import atomic_write
     from .io import load_image
-    from .viz import overlay
+    from .viz import overlay, save_picture
 
     image = load_image(args.image)
     sam = SAM(args.checkpoint, device=args.device, img_size=args.img_size)
@@ -140,7 +138,7 @@ def _run_everything(args: argparse.Namespace) -> int:
     by_area = torch.argsort(areas, descending=True, stable=True)
     out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + "_everything.png")
     picture = overlay(image, found.masks[by_area].numpy())
-    atomic_write(out, lambda f: picture.save(f, format=Image.registered_extensions().get(out.suffix.lower(), "PNG")))
+    save_picture(picture, out)
     print(f"{len(found)} masks in {seconds:.1f} s ({image.shape[1]}x{image.shape[0]} image, {sam.device})")
     for i in by_area[:10].tolist():
         x1, y1, x2, y2 = (int(v) for v in found.boxes[i])
