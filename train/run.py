@@ -12,6 +12,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mobilesam.checkpoint import CheckpointError, is_lightning_checkpoint, load_file
 from mobilesam.device import choose_device
 
 from .callbacks import ExportMobileSam
@@ -30,9 +31,27 @@ def _resolve_ckpt(ckpt_path: str | None, out_dir: Path) -> str | None:
                 f"ckpt_path=last but {last} does not exist; rerun with hydra.run.dir=<the run folder to resume>"
             )
         return str(last)
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    return str(ckpt_path)
+    path = Path(ckpt_path)
+    if not path.is_file():
+        near = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
+        found = f"; the checkpoints in {path.parent} are {near}" if near else f" (no .ckpt file in {path.parent})"
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist{found}")
+    check_resumable(path)
+    return str(path)
+
+
+def check_resumable(path: Path) -> None:
+    """Refuses a `ckpt_path` that Lightning could not resume from, saying what the file is and what is wanted."""
+    try:
+        obj = load_file(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"ckpt_path: {e}. Resume from another checkpoint (e.g. checkpoints/last.ckpt)") from e
+    if not is_lightning_checkpoint(obj):
+        raise CheckpointError(
+            f"ckpt_path={path} is not a Lightning training checkpoint (it holds {type(obj).__name__}, e.g. an exported "
+            "mobile_sam.pt): ckpt_path resumes a run from checkpoints/last.ckpt; to start from a mobile_sam.pt, "
+            "set model.init=PATH instead"
+        )
 
 
 def place_trainer(trainer_cfg: DictConfig) -> DictConfig:

@@ -23,3 +23,14 @@ class RankProbe(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "keys": self.keys}
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class FailAt(L.Callback):
+    """Raises after training step `step` (a run killed part-way), to test what it leaves behind."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step >= self.step:
+            raise RuntimeError(f"killed at step {trainer.global_step}")

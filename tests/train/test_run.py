@@ -174,3 +174,51 @@ def test_ddp_with_two_cpu_processes(train_shards, teacher_file, tmp_path):
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
     assert len(ranks[0]["keys"]) == len(ranks[1]["keys"]) == 4  # 2 steps x batch 2 on each rank
     assert set(ranks[0]["keys"]).isdisjoint(ranks[1]["keys"])  # the ranks read different samples
+
+
+def test_a_run_killed_before_the_step_interval_leaves_a_current_last_ckpt(fast_overrides, tmp_path):
+    # validation (and best.ckpt) at step 2 (not 1: Lightning takes val_check_interval=1 for 1.0, "each epoch end")
+    overrides = fast_overrides + [
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "callbacks.last.every_n_train_steps=1000",
+    ]
+    killed = compose_train(overrides + ["+callbacks.fail._target_=tests.train.probes.FailAt", "+callbacks.fail.step=3"])
+    with pytest.raises(RuntimeError, match="killed at step 3"):
+        run(killed)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    # validation ran at step 2 and wrote best.ckpt: last.ckpt came with it, long before every_n_train_steps
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    resumed = run(compose_train(overrides + [f"ckpt_path={last}"]))
+    assert torch.load(last, weights_only=True)["global_step"] == 4 and Path(resumed["mobile_sam"]).is_file()
+
+
+def test_ckpt_path_that_cannot_resume_is_named(fast_overrides, tmp_path, small_checkpoint):
+    from mobilesam.checkpoint import CheckpointError
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "epoch=1.ckpt").write_bytes(b"")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"ckpt_path=.*missing.ckpt does not exist; the checkpoints in .* are \['epoch=1.ckpt'\]",
+    ):
+        run(compose_train(fast_overrides + [f"ckpt_path={tmp_path / 'ck' / 'missing.ckpt'}"]))
+    truncated = tmp_path / "cut.ckpt"
+    truncated.write_bytes(small_checkpoint.read_bytes()[:4096])
+    with pytest.raises(CheckpointError, match="ckpt_path: cannot read checkpoint .*cut.ckpt"):
+        run(compose_train(fast_overrides + [f"ckpt_path={truncated}"]))
+    with pytest.raises(CheckpointError, match="not a Lightning training checkpoint .* set model.init=PATH"):
+        run(compose_train(fast_overrides + [f"ckpt_path={small_checkpoint}"]))
+
+
+def test_bad_config_values_end_in_one_line_naming_the_key(tmp_path):
+    cases = [
+        ("data.batch_size=-1", "error: data.batch_size=-1 must be an integer >= 1"),
+        ("img_size=1000", "error: img_size=1000 must be a positive multiple of 64"),
+        ("ckpt_path=/nonexistent/last.ckpt", "error: ckpt_path=/nonexistent/last.ckpt does not exist"),
+    ]
+    for override, message in cases:
+        cmd = [sys.executable, "train.py", override, f"hydra.run.dir={tmp_path / 'r'}", f"paths.data_dir={tmp_path}"]
+        proc = subprocess.run(cmd, cwd=Path(CONFIGS).parent, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and message in proc.stderr, (override, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
