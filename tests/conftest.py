@@ -29,7 +29,9 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     from mobilesam.checkpoint import save_state_dict
     from tests.helpers import perturb_
 
-    model = perturb_(build_sam("vit_t", img_size=256), seed=1)
+    with torch.random.fork_rng():  # the same weights whatever ran before (test order must not change numbers)
+        torch.manual_seed(0)
+        model = perturb_(build_sam("vit_t", img_size=256), seed=1)
     path = tmp_path_factory.mktemp("ckpt") / "small_mobile_sam.pt"
     save_state_dict(model.state_dict(), path, meta={"img_size": 256, "variant": "vit_t"})
     return path
@@ -60,7 +62,9 @@ def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mobilesam.checkpoint import save_state_dict
     from tests.helpers import perturb_
 
-    sam = perturb_(build_sam("vit_t", img_size=IMG_SIZE), seed=11)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        sam = perturb_(build_sam("vit_t", img_size=IMG_SIZE), seed=11)
     return save_state_dict(sam.state_dict(), tmp_path_factory.mktemp("teacher") / "teacher_sam_vit_t.pth")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -85,6 +86,29 @@ def place_trainer(trainer_cfg: DictConfig) -> DictConfig:
     return trainer_cfg
 
 
+def wandb_online_ok() -> bool:
+    """True when wandb can log online: an API key in the environment or in ~/.netrc (what `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def place_loggers(logger_cfg: DictConfig | None) -> DictConfig | None:
+    """wandb asked to log online without credentials falls back to offline with a one-line notice (instead of an
+    error deep inside the first logging call); sync later with `wandb sync`."""
+    if not logger_cfg:
+        return logger_cfg
+    logger_cfg = logger_cfg.copy()
+    for name, c in logger_cfg.items():
+        if c is not None and "WandbLogger" in str(c.get("_target_", "")) and c.get("offline") is False:
+            if not wandb_online_ok():
+                print(f"logger.{name}: no wandb credentials (WANDB_API_KEY or `wandb login`): logging offline instead")
+                with open_dict(c):
+                    c.offline = True
+    return logger_cfg
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Trains as `cfg` says. Returns {"mobile_sam": path, "metrics": {...}, "objective": val/miou_point}."""
     t0 = time.time()
@@ -105,7 +129,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     export = ExportMobileSam(str(out_dir), config=resolved)
     callbacks.append(export)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (place_loggers(cfg.get("logger")) or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(place_trainer(cfg.trainer), callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), out_dir))

@@ -222,3 +222,18 @@ def test_bad_config_values_end_in_one_line_naming_the_key(tmp_path):
         proc = subprocess.run(cmd, cwd=Path(CONFIGS).parent, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 1 and message in proc.stderr, (override, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
+
+
+def test_wandb_online_without_credentials_falls_back_to_offline(monkeypatch, tmp_path, capsys):
+    from train.run import place_loggers
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    cfg = compose_train(["logger=wandb", "logger.wandb.offline=false", f"paths.root_dir={tmp_path}"])
+    placed = place_loggers(cfg.logger)
+    assert placed.wandb.offline is True and cfg.logger.wandb.offline is False
+    assert "logging offline instead" in capsys.readouterr().out
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password k\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert place_loggers(cfg.logger).wandb.offline is False  # with credentials: as asked
