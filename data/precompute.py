@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mobilesam.device import choose_device
+from mobilesam.files import sha256_file
 from mobilesam.transforms import resize_image
 
 from .annotations import AnnotationError, parse_sa1b_json
@@ -28,6 +29,7 @@ from .manifest import (
     chunk_ranges,
     inputs_digest,
     record_path,
+    sample_crc32,
     shard_name,
     write_json,
 )
@@ -101,7 +103,14 @@ class _ShardSink:
         self.file = open(self.tmp, "wb")
         self.writer = wds.TarWriter(self.file, encoder=False)
         self.keys: list[str] = []
+        self.crc32: dict[str, int] = {}
         self.skipped: list[dict[str, str]] = []
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """Writes one sample and records the crc32 of its members (in name order), for `verify_shards`."""
+        self.writer.write(sample)
+        self.keys.append(sample["__key__"])
+        self.crc32[sample["__key__"]] = sample_crc32(sample)
 
     def close(self) -> None:
         self.writer.close()  # closes the tar stream, not our file
@@ -110,6 +119,7 @@ class _ShardSink:
         self.file.close()
         os.replace(self.tmp, self.final)
         rec = {"shard": self.final.name, "rank": self.rank, "chunk": self.chunk, "count": len(self.keys)}
+        rec |= {"sha256": sha256_file(self.final), "crc32": self.crc32}
         rec |= {"inputs": [self.inputs[0], self.inputs[-1]], "keys": self.keys, "skipped": self.skipped}
         write_json(self.record, rec)
 
@@ -202,8 +212,7 @@ def run(cfg: PrecomputeConfig | Mapping[str, Any]) -> dict[str, Any]:
                 skipped += 1
             else:
                 sample = {"__key__": s["key"], "jpg": s["jpg"], "json": s["json"]}
-                sink.writer.write(sample | encode_embedding(emb_of[s["key"]], encoding))
-                sink.keys.append(s["key"])
+                sink.write(sample | encode_embedding(emb_of[s["key"]], encoding))
                 written += 1
             left -= 1
             if left == 0:

@@ -165,3 +165,16 @@ def test_typed_config_defaults_are_the_yaml_and_bad_values_are_named(tmp_path: P
         PrecomputeConfig.of({"source": {}, "out_dir": "x", "batchsize": 4})
     with pytest.raises(ValueError, match="teacher.precision='fp8'"):
         PrecomputeConfig.of({"source": {}, "out_dir": "x", "teacher": {"variant": "vit_h", "precision": "fp8"}})
+
+
+def test_without_its_plan_a_finished_folder_refuses_other_settings(sa1b_tars: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "done"
+    cfg = precompute_config(sa1b_tars[0].parent, out, shard_size=3, limit=3)
+    run(cfg)
+    manifest = (out / "dataset.json").read_text()
+    (out / "_plan.json").unlink()
+    with pytest.raises(ManifestError, match=r"img_size: 256 in dataset.json, 320 now"):
+        run(cfg.replace(img_size=320))
+    assert (out / "dataset.json").read_text() == manifest  # still describes what is on disk
+    run(cfg)  # the shards' own settings: accepted, nothing redone
+    assert json.loads((out / "dataset.json").read_text())["img_size"] == 256
