@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .backends import Decoded, RuntimeBackend, default_checkpoint, image_key, load_backend
+from .backends import RuntimeBackend, default_checkpoint, load_backend
+from .base import Decoded, image_key
 from .session import MAX_FILE_MB, MAX_SIDE, MODES, DemoError, DemoSession, SessionState
 
 __all__ = [

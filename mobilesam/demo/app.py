@@ -16,7 +16,7 @@ try:
 except ImportError as e:  # pragma: no cover (the extra is missing)
     raise ImportError("the web demo needs gradio: pip install 'mobilesam[demo]'") from e
 
-from .backends import Backend
+from .base import Backend
 from .examples import EXAMPLES, example
 from .session import (
     MAX_FILE_MB,

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from mobilesam.io import load_image
 from mobilesam.viz import overlay
 
-from .backends import Backend, Decoded, image_key
+from .base import Backend, Decoded, image_key
 from .files import write_downloads
 
 log = logging.getLogger(__name__)

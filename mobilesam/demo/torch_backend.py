@@ -9,7 +9,7 @@ import numpy as np
 
 from mobilesam import SamAutomaticMaskGenerator, SamPredictor
 
-from .backends import Decoded, EmbeddingCache, image_key
+from .base import Decoded, EmbeddingCache, image_key
 
 
 class CachingPredictor(SamPredictor):
