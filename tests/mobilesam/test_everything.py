@@ -174,7 +174,7 @@ def test_rle_encoder_equals_official():
 
 
 @pytest.mark.parametrize("points_per_prompt", [1, 2])
-def test_grid_decoder_equals_mask_decoder(sam, points_per_prompt):
+def test_many_prompts_decoder_equals_mask_decoder(sam, points_per_prompt):
     model = sam.model
     p = SamPredictor(model)
     p.set_image(scene(120, 160))
