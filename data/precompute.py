@@ -19,6 +19,7 @@ from mobilesam.transforms import resize_image
 
 from .annotations import AnnotationError, parse_sa1b_json
 from .codec import ENCODINGS, decode_jpeg, encode_embedding, encode_jpeg
+from .low_res import LOW_RES_KEY, encode_low_res
 from .manifest import (
     MANIFEST,
     assemble_manifest,
@@ -53,7 +54,10 @@ def prepare(ref: InputRef, img_size: int, quality: int, need_annotations: bool) 
     stored = decode_jpeg(jpg)  # the teacher sees exactly what the loader will decode
     # sizes first: the loader reads them from the json's first bytes without parsing the annotations
     meta = {"orig_size": list(orig), "size": list(stored.shape[1:]), "key": ref.key, "source": src, "annotations": anns}
-    return {"key": ref.key, "jpg": jpg, "image": stored, "json": json.dumps(meta).encode()}
+    out = {"key": ref.key, "jpg": jpg, "image": stored, "json": json.dumps(meta).encode()}
+    if anns:  # every annotation on the loader's S/4 grid, so the loader never decodes the RLE (data/low_res.py)
+        out[LOW_RES_KEY] = encode_low_res(anns, tuple(stored.shape[1:]), img_size)
+    return out
 
 
 class _Prepared(Dataset):
@@ -101,6 +105,7 @@ class _ShardSink:
         self.writer = wds.TarWriter(self.file, encoder=False)
         self.keys: list[str] = []
         self.skipped: list[dict[str, str]] = []
+        self.low_res = 0  # samples written with the low-resolution masks member
 
     def close(self) -> None:
         self.writer.close()  # closes the tar stream, not our file
@@ -110,6 +115,7 @@ class _ShardSink:
         os.replace(self.tmp, self.final)
         rec = {"shard": self.final.name, "rank": self.rank, "chunk": self.chunk, "count": len(self.keys)}
         rec |= {"inputs": [self.inputs[0], self.inputs[-1]], "keys": self.keys, "skipped": self.skipped}
+        rec["low_res_masks"] = self.low_res
         write_json(self.record, rec)
 
 
@@ -201,6 +207,9 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 skipped += 1
             else:
                 sample = {"__key__": s["key"], "jpg": s["jpg"], "json": s["json"]}
+                if LOW_RES_KEY in s:
+                    sample[LOW_RES_KEY] = s[LOW_RES_KEY]
+                    sink.low_res += 1
                 sink.writer.write(sample | encode_embedding(emb_of[s["key"]], encoding))
                 sink.keys.append(s["key"])
                 written += 1

@@ -86,15 +86,20 @@ def folded_rel_pos_qk(
     return torch.cat(q_parts, -1), torch.cat([k, onehot.expand(*lead, h * w, -1)], -1)
 
 
+FOLD_MIN_TOKENS = 1024  # the default rule folds attention over this many tokens or more (all of it on CUDA)
+
+
 class Attention(nn.Module):
     """Multi-head attention over an HxW grid of tokens, with optional decomposed relative-position bias.
 
     `fold_rel_pos` (a plain attribute) folds the relative positions into the queries and keys (`folded_rel_pos_qk`,
     values zero-padded to the same width so the fused kernels, which need equal widths, apply) instead of
     materialising the heads x N x N bias; both give the same attention. None (the default) chooses by the rule:
-    folded on CUDA (no N x N bias in memory, no attn_mask to keep the fastest kernels away), the bias on CPU, where
-    the fused kernel reads the bias blockwise and the folded path's wider dot products measured 1.3-3x slower for a
-    ViT-H global block at 1024 (`python scripts/benchmark.py attention`).
+    folded on CUDA (no N x N bias in memory, no attn_mask to keep the fastest kernels away) and for grids of at
+    least FOLD_MIN_TOKENS tokens (global blocks); on CPU, windowed blocks (14 x 14 = 196 tokens) keep the bias, whose
+    few-KiB table the fused kernel reads blockwise while the folded dot products are ~40% wider: measured 1.19x
+    slower folded there, against 0.70x and 282 vs 2169 MiB peak for a ViT-H global block at 1024
+    (`python scripts/benchmark.py attention`).
     """
 
     def __init__(
@@ -119,7 +124,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         if not self.use_rel_pos:
             x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        elif self.fold_rel_pos or (self.fold_rel_pos is None and x.is_cuda):
+        elif self.fold_rel_pos or (self.fold_rel_pos is None and (x.is_cuda or h * w >= FOLD_MIN_TOKENS)):
             q, k = folded_rel_pos_qk(q, k, self.rel_pos_h, self.rel_pos_w, (h, w), self.scale)
             d = v.shape[-1]
             v = torch.cat([v, v.new_zeros(*v.shape[:-1], q.shape[-1] - d)], -1)
