@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 
+from mobilesam.files import write_json
+
 from .datamodule import ShardDataModule
-from .manifest import MANIFEST, PLAN, ManifestError, read_manifest, write_json
+from .manifest import MANIFEST, PLAN, ManifestError, read_manifest
 from .sources import IMAGE_EXTS, list_inputs
 
 log = logging.getLogger(__name__)

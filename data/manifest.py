@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mobilesam.checkpoint import atomic_write
+from mobilesam.files import write_json
 
 from .codec import EMBED_DIM, ENCODINGS, PATCH, SCALE_KEY
 from .low_res import manifest_entry
@@ -25,11 +25,6 @@ FORMAT_VERSION = 1
 
 class ManifestError(ValueError):
     """A shard directory whose manifest is missing, malformed, or contradicts the request."""
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Writes `obj` as indented JSON, atomically."""
-    return atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
 def shard_name(rank: int, chunk: int) -> str:

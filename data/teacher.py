@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from mobilesam import Sam, build_sam
-from mobilesam.checkpoint import sha256_file
+from mobilesam.files import sha256_file
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")

@@ -12,11 +12,11 @@ __version__ = "0.1.0"
 # Public name -> the submodule that defines it. They are imported on first use (PEP 562), so that the parts that
 # do not need PyTorch (`mobilesam.onnx`'s runtime predictor, `mobilesam.io`, `mobilesam.prompts`) import without it.
 _EXPORTS = {
-    "SAM": "model",
-    "Results": "model",
+    "SAM": "facade",
+    "Results": "facade",
     "ResizeLongestSide": "transforms",
     "Sam": "modeling",
-    "SamAutomaticMaskGenerator": "automatic_mask_generator",
+    "SamAutomaticMaskGenerator": "everything",
     "SamPredictor": "predictor",
     "build_sam": "build",
     "sam_model_registry": "build",
@@ -37,10 +37,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .automatic_mask_generator import SamAutomaticMaskGenerator
     from .build import build_sam, sam_model_registry
+    from .everything import SamAutomaticMaskGenerator
+    from .facade import SAM, Results
     from .io import load_image
-    from .model import SAM, Results
     from .modeling import Sam
     from .predictor import SamPredictor
     from .transforms import ResizeLongestSide

@@ -1,4 +1,5 @@
-"""Model builders: the sizes of every variant live here, and only here."""
+"""Model builders: every variant assembled from the sizes in `variants.py`; `build_sam` opens checkpoints through
+`checkpoint.open_checkpoint`."""
 
 from __future__ import annotations
 
@@ -6,30 +7,24 @@ import functools
 import os
 from collections.abc import Callable
 
-from torch import Tensor
-
-from .checkpoint import CheckpointError, load_into, load_state_dict, read_sidecar
+from .checkpoint import Checkpoint, load_into, open_checkpoint
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TinyViT, TwoWayTransformer
-
-PROMPT_EMBED_DIM = 256
-PATCH_SIZE = 16
-DEFAULT_IMG_SIZE = 1024
-
-# SAM ViT encoders: (embed_dim, depth, num_heads, global attention blocks)
-VIT_SIZES = {
-    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
-}
+from .variants import (
+    DEFAULT_IMG_SIZE,
+    PATCH_SIZE,
+    PROMPT_EMBED_DIM,
+    TINY_VIT_SIZES,
+    VARIANTS,
+    VIT_SIZES,
+    check_img_size,
+    check_variant,
+)
 
 
 def _tiny_vit(img_size: int) -> TinyViT:
     return TinyViT(
         img_size=img_size,
-        embed_dims=(64, 128, 160, 320),
-        depths=(2, 2, 6, 2),
-        num_heads=(2, 4, 5, 10),
-        window_sizes=(7, 7, 14, 7),
+        **TINY_VIT_SIZES,
         mlp_ratio=4.0,
         drop_path_rate=0.0,
         mbconv_expand_ratio=4.0,
@@ -75,60 +70,38 @@ def _assemble(image_encoder: TinyViT | ImageEncoderViT, img_size: int) -> Sam:
     )
 
 
-def infer_variant(state_dict: dict[str, Tensor]) -> str:
-    """Names the variant a state dict was saved from, by its encoder keys."""
-    if "image_encoder.layers.0.blocks.0.conv1.c.weight" in state_dict:
-        return "vit_t"
-    pos = state_dict.get("image_encoder.pos_embed")
-    if pos is not None:
-        blocks = {k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")}
-        for name, (dim, depth, _, _) in VIT_SIZES.items():
-            if pos.shape[-1] == dim and len(blocks) == depth:
-                return name
-    raise CheckpointError("cannot tell the variant from the state dict: it holds neither a TinyViT nor a SAM ViT")
-
-
 def build_sam(variant: str = "vit_t", checkpoint: str | os.PathLike | None = None, img_size: int | None = None) -> Sam:
     """Builds a SAM model in eval mode, optionally loading a checkpoint strictly.
 
     Args:
         variant: "vit_t" (MobileSAM), "vit_b", "vit_l" or "vit_h"; "auto" reads it from the checkpoint.
-        checkpoint: a state-dict file (`mobile_sam.pt`, `sam_vit_h_4b8939.pth`), loaded with `weights_only=True`.
-        img_size: input side in pixels, a multiple of 64. None takes the checkpoint's sidecar (`mobile_sam.json`)
-            or else 1024. A value that contradicts the sidecar is refused.
+        checkpoint: any checkpoint `open_checkpoint` reads (`mobile_sam.pt`, `sam_vit_h_4b8939.pth`, a training
+            `.ckpt`), loaded strictly with `weights_only=True`.
+        img_size: input side in pixels, a multiple of 64. None takes what the checkpoint states (its sidecar, a
+            ViT's positional embedding) or else 1024. A value that contradicts the file is refused.
 
     Returns:
         The model, on CPU, in eval mode.
     """
-    meta = read_sidecar(checkpoint) if checkpoint is not None else None
-    state = load_state_dict(checkpoint) if checkpoint is not None else None
-    if variant == "auto":
-        variant = meta.get("variant") if meta and meta.get("variant") else None
-        variant = variant or (infer_variant(state) if state is not None else "vit_t")
-    if variant not in sam_model_registry:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    if meta is not None:
-        if meta.get("variant") not in (None, variant):
-            raise CheckpointError(f"{checkpoint} was saved as {meta['variant']!r} but {variant!r} was asked for")
-        meta_size = meta.get("img_size")
-        if meta_size is not None and img_size is not None and int(meta_size) != img_size:
-            raise CheckpointError(
-                f"{checkpoint} was trained at img_size={meta_size} (its sidecar says so) but img_size={img_size} "
-                "was asked for; leave img_size unset to use the file's size"
-            )
-        img_size = img_size or (int(meta_size) if meta_size is not None else None)
-    img_size = img_size or DEFAULT_IMG_SIZE
-    if img_size % 64 or img_size <= 0:
-        raise ValueError(f"img_size={img_size} must be a positive multiple of 64 (e.g. 1024, 512, 256)")
-
-    encoder = _tiny_vit(img_size) if variant == "vit_t" else _vit(variant, img_size)
-    model = _assemble(encoder, img_size)
-    if state is not None:
-        load_into(model, state, source=str(checkpoint))
-    return model.eval()
+    if checkpoint is None:
+        return build_random("vit_t" if variant == "auto" else variant, img_size)
+    return build_from(open_checkpoint(checkpoint, img_size, None if variant == "auto" else check_variant(variant)))
 
 
-VARIANTS = ("vit_t", "vit_b", "vit_l", "vit_h")
+def build_random(variant: str = "vit_t", img_size: int | None = None) -> Sam:
+    """A model with fresh random weights (tests, demos), in eval mode on CPU."""
+    check_variant(variant)
+    size = check_img_size(img_size or DEFAULT_IMG_SIZE)
+    encoder = _tiny_vit(size) if variant == "vit_t" else _vit(variant, size)
+    return _assemble(encoder, size).eval()
+
+
+def build_from(ckpt: Checkpoint) -> Sam:
+    """The model of an opened checkpoint (`open_checkpoint`), loaded strictly, in eval mode on CPU."""
+    model = build_random(ckpt.variant, ckpt.img_size)
+    load_into(model, ckpt.state_dict, source=str(ckpt.path))
+    return model
+
 
 sam_model_registry: dict[str, Callable[..., Sam]] = {name: functools.partial(build_sam, name) for name in VARIANTS}
 sam_model_registry["default"] = sam_model_registry["vit_h"]

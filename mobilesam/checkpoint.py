@@ -1,21 +1,35 @@
-"""Checkpoint files: safe loading (`weights_only=True`), strict key checks, atomic writes, the JSON sidecar."""
+"""The front door for checkpoints: `open_checkpoint` reads any checkpoint file safely (`weights_only=True`) and says
+what it holds (variant, img_size, where each came from); strict key checks, the JSON sidecar, atomic saving."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .files import atomic_write, write_json
+from .variants import (
+    DEFAULT_IMG_SIZE,
+    VARIANTS,
+    VariantError,
+    check_img_size,
+    check_variant,
+    infer_variant,
+    size_from_weights,
+)
+
 # Prefixes that wrappers add to every key (DDP, torch.compile); the weights under them are the model's own.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# In a training checkpoint, the LightningModule holds the whole SAM model as the attribute `sam`
+LIGHTNING_PREFIX = "sam."
+SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 
 
 class CheckpointError(RuntimeError):
@@ -38,40 +52,14 @@ def read_sidecar(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
         raise CheckpointError(f"cannot read the sidecar {path}: {e}. Fix or delete it.") from e
     if not isinstance(meta, dict):
         raise CheckpointError(f"the sidecar {path} must hold a JSON object, found {type(meta).__name__}")
+    try:  # the fields that decide how the weights are built: checked where they are read
+        if meta.get("img_size") is not None:
+            check_img_size(meta["img_size"], "img_size")
+        if meta.get("variant") is not None:
+            check_variant(meta["variant"], "variant")
+    except VariantError as e:
+        raise CheckpointError(f"the sidecar {path} is invalid: {e}. Fix the field, or delete the sidecar") from e
     return meta
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write(path: str | os.PathLike, write: Any) -> Path:
-    """Calls `write(file_object)` on a temp file beside `path`, then renames it over `path`.
-
-    A run killed part-way leaves either the old file or the new one, never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); give it the mode any new file gets under the user's umask
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, meta: dict | None = None) -> Path:
@@ -79,7 +67,7 @@ def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, m
     flat = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     atomic_write(path, lambda f: torch.save(flat, f))
     if meta is not None:
-        atomic_write(sidecar_path(path), lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+        write_json(sidecar_path(path), meta)
     return Path(path)
 
 
@@ -112,16 +100,8 @@ def is_lightning_checkpoint(obj: Any) -> bool:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Reads a flat state dict with `torch.load(weights_only=True)`; never runs code from the file.
-
-    Wrapper prefixes (`module.`, `_orig_mod.`) are removed. A Lightning checkpoint is refused with a hint.
-    """
-    obj = load_file(path)
-    if is_lightning_checkpoint(obj):
-        raise CheckpointError(
-            f"{path} is a Lightning training checkpoint; convert it with `mobilesam export {path} --out DIR`"
-        )
-    return flat_state_dict(obj, str(path))
+    """The weights of any checkpoint under the official keys (`open_checkpoint(path).state_dict`)."""
+    return open_checkpoint(path).state_dict
 
 
 def flat_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
@@ -170,3 +150,135 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = 
         lines.append("Check the variant (vit_t, vit_b, vit_l, vit_h) and the img_size the file was made for.")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state_dict, strict=True)
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds, under the official keys, and where each fact about it came from.
+
+    Attributes:
+        path: the file read.
+        kind: "state_dict" (a flat state dict, e.g. `mobile_sam.pt`, `sam_vit_h_4b8939.pth`), "wrapped" (a
+            `{"model": state_dict}` dict) or "lightning" (a training `.ckpt`).
+        state_dict: flat state dict with the official keys (wrapper and LightningModule prefixes removed).
+        variant: "vit_t", "vit_b", "vit_l" or "vit_h".
+        variant_from: where the variant came from ("its weights").
+        img_size: input side in pixels the weights are for.
+        img_size_from: where img_size came from ("its sidecar", "its positional embedding", ...).
+        meta: what the file says about itself (its sidecar, or a training checkpoint's hyper-parameters).
+    """
+
+    path: Path
+    kind: str
+    state_dict: dict[str, Tensor]
+    variant: str
+    variant_from: str
+    img_size: int
+    img_size_from: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _walk(tree: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str, Any]]:
+    """(path, key, value) of every entry of nested dicts; subtrees about the teacher are skipped."""
+    if not isinstance(tree, Mapping):
+        return
+    for key, value in tree.items():
+        if "teacher" in str(key).lower():
+            continue
+        yield path, str(key), value
+        yield from _walk(value, (*path, str(key)))
+
+
+def find_setting(hparams: Any, key: str) -> Any:
+    """The value of `key` in a training checkpoint's hyper-parameters, wherever the config nests it.
+
+    Entries under a `model` or `student` node win over the rest, then the shallowest; anything under a key that
+    names the teacher is ignored (the teacher has its own variant and sizes). None when absent.
+    """
+    found = [(p, v) for p, k, v in _walk(hparams) if k == key and v is not None and not isinstance(v, Mapping)]
+    if not found:
+        return None
+    found.sort(key=lambda pv: (not any(n in ("model", "student") for n in pv[0]), len(pv[0])))
+    return found[0][1]
+
+
+def _lightning_state_dict(ckpt: dict[str, Any], path: Path) -> dict[str, Tensor]:
+    state = {strip_prefixes(k).replace("._orig_mod.", "."): v for k, v in ckpt["state_dict"].items()}
+    if any(k.startswith(SAM_PARTS) for k in state):  # a module that is itself the SAM model
+        return {k: v for k, v in state.items() if k.startswith(SAM_PARTS)}
+    sam = {strip_prefixes(k[len(LIGHTNING_PREFIX) :]): v for k, v in state.items() if k.startswith(LIGHTNING_PREFIX)}
+    if not sam:
+        prefixes = sorted({k.split(".")[0] for k in state})
+        raise CheckpointError(
+            f"{path} is a Lightning checkpoint but none of its {len(state)} weights is under '{LIGHTNING_PREFIX}' "
+            f"(its top-level names: {prefixes[:10]}); the training module must keep the SAM model as `self.sam`"
+        )
+    return sam
+
+
+def open_checkpoint(
+    path: str | os.PathLike, img_size: int | None = None, variant: str | None = None, role: str = "checkpoint"
+) -> Checkpoint:
+    """Opens any checkpoint: `mobile_sam.pt` with or without sidecar, a SAM `.pth`, a Lightning `.ckpt`, or a
+    `{"model": ...}` wrapper, with `torch.load(weights_only=True)` (a file that could run code is refused).
+
+    The variant comes from the weights; img_size from every statement of it (the sidecar or the training
+    hyper-parameters, a ViT's positional embedding, the caller), which must agree; a flat state dict that states no
+    size is an official one (1024).
+
+    Args:
+        path: the checkpoint file.
+        img_size: the size the caller wants or knows, when the file does not say; a contradiction is refused.
+        variant: the variant the caller expects (None or "auto": whatever the weights are); a mismatch is refused.
+        role: names the option in error messages ("checkpoint", "teacher.checkpoint", "model.init").
+
+    Returns:
+        The weights under the official keys, with their variant, img_size and metadata.
+    """
+    path = Path(path)
+    obj = load_file(path)
+    sizes: dict[str, int] = {}  # where each statement of the size came from, to refuse contradictions
+    if is_lightning_checkpoint(obj):
+        kind, state = "lightning", _lightning_state_dict(obj, path)
+        hparams = obj.get("hyper_parameters") or {}
+        meta = {"hyper_parameters": hparams, "epoch": obj.get("epoch"), "global_step": obj.get("global_step")}
+        if (size := find_setting(hparams, "img_size")) is not None:
+            sizes["the checkpoint's hyper_parameters"] = int(size)
+        variant_said, said_where = find_setting(hparams, "variant"), "its hyper_parameters"
+    else:
+        kind = "wrapped" if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else "state_dict"
+        state = flat_state_dict(obj, str(path))
+        meta = read_sidecar(path) or {}
+        if meta.get("img_size") is not None:
+            sizes["its sidecar"] = int(meta["img_size"])
+        variant_said, said_where = meta.get("variant"), "its sidecar"
+    try:
+        found = infer_variant(state)
+    except VariantError as e:
+        raise CheckpointError(f"{role}={path}: {e}") from e
+    if variant_said in VARIANTS and variant_said != found:
+        raise CheckpointError(f"{path}: {said_where} says {variant_said!r} but its weights are {found!r}")
+    if variant not in (None, "auto") and variant != found:
+        raise CheckpointError(
+            f"{role}={path} holds {found} weights but {variant} was asked for; ask for {found} (or variant='auto')"
+        )
+    if (size := size_from_weights(state, found)) is not None:
+        sizes["its positional embedding"] = size
+    if img_size is not None:
+        sizes["the img_size asked for"] = check_img_size(int(img_size))
+    if len(set(sizes.values())) > 1:
+        said = ", ".join(f"{v} ({k})" for k, v in sizes.items())
+        raise CheckpointError(
+            f"{path}: conflicting img_size: {said}. Leave img_size unset to use the file's size, or give the size "
+            "the weights were trained at"
+        )
+    if sizes:
+        size_from, size = next(iter(sizes.items()))
+    elif kind == "lightning":
+        raise CheckpointError(
+            f"{path}: no img_size in the checkpoint's hyper_parameters (looked for an 'img_size' key in nested "
+            "dicts such as hyper_parameters['cfg']['model']); pass the img_size (--img-size N)"
+        )
+    else:
+        size_from, size = "the official default (no sidecar)", DEFAULT_IMG_SIZE  # DESIGN.md: no sidecar = 1024
+    return Checkpoint(path, kind, state, found, "its weights", size, size_from, meta)

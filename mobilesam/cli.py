@@ -57,8 +57,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from .facade import SAM
     from .io import ImageReadError
-    from .model import SAM
     from .prompts import PromptError
 
     # N objects x K points x 2, labels N x K: parse_points reads this nesting directly
@@ -105,11 +105,11 @@ def _run_everything(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from .amg import mask_areas
-    from .automatic_mask_generator import SamAutomaticMaskGenerator
-    from .checkpoint import atomic_write
+    from .everything import SamAutomaticMaskGenerator
+    from .everything.regions import mask_areas
+    from .facade import SAM
+    from .files import atomic_write
     from .io import ImageReadError, load_image
-    from .model import SAM
     from .viz import overlay
 
     try:
@@ -160,27 +160,23 @@ def _run_everything(args: argparse.Namespace) -> int:
 
 
 def _add_info(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a mobile_sam.pt or SAM .pth file")
+    p.add_argument("checkpoint", help="a mobile_sam.pt, SAM .pth or training .ckpt file")
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .build import build_sam, infer_variant
-    from .checkpoint import CheckpointError, load_state_dict, read_sidecar, sha256_file
+    from .build import build_from
+    from .checkpoint import CheckpointError, open_checkpoint
+    from .files import sha256_file
 
     path = Path(args.checkpoint)
-    state = load_state_dict(path)
-    meta = read_sidecar(path)
+    ckpt = open_checkpoint(path)
     print(f"file       {path} ({path.stat().st_size / 2**20:.1f} MiB, sha256 {sha256_file(path)[:16]}...)")
-    print(f"keys       {len(state)}")
+    print(f"kind       {ckpt.kind}")
+    print(f"keys       {len(ckpt.state_dict)}")
+    print(f"variant    {ckpt.variant} (from {ckpt.variant_from})")
+    print(f"img_size   {ckpt.img_size} (from {ckpt.img_size_from})")
     try:
-        variant = infer_variant(state)
-    except CheckpointError as e:
-        print(f"variant    unknown: {e}")
-        return 1
-    print(f"variant    {variant}")
-    print(f"sidecar    {'img_size ' + str(meta.get('img_size')) if meta else 'none (official 1024 assumed)'}")
-    try:
-        model = build_sam(variant, path)
+        model = build_from(ckpt)
     except CheckpointError as e:
         print(f"strict     FAILS\n{e}")
         return 1

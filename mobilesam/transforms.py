@@ -1,7 +1,8 @@
-"""The one preprocessing transform: resize the long side to `img_size` (and map prompts with it).
+"""The one preprocessing transform: resize the long side to `img_size` (and map prompts with it), and the input
+normalisation.
 
-The teacher precompute, the training loader and the predictor all call this module, so the pixels a student
-learns from are the pixels the predictor feeds it.
+The teacher precompute, the training loader, evaluation and the predictor all call this module, so the pixels a
+student learns from are the pixels the predictor feeds it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,37 @@ if TYPE_CHECKING:  # the torch methods import it when called: the PIL path runs 
     from torch import Tensor
 
 
+# SAM's input normalisation (ImageNet statistics on the 0..255 scale), RGB
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
 def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
-    """(h, w) after scaling so that the long side is `long_side`, rounded half up (SAM's rule)."""
+    """(h, w) after scaling so that the long side is `long_side`, rounded half up (SAM's rule).
+
+    A side never rounds to 0: an image of extreme aspect ratio (1 x 5000) keeps at least one pixel row or column.
+    """
     scale = long_side * 1.0 / max(old_h, old_w)
-    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+    return max(1, int(old_h * scale + 0.5)), max(1, int(old_w * scale + 0.5))
+
+
+def normalize(images: Tensor, sizes: Tensor) -> Tensor:
+    """Bx3xSxS uint8 padded batch -> float input: (x - mean) / std inside each image, 0 in the padding (as
+    SAM pads after normalising). Training, evaluation and the precompute normalise with it, on the device.
+
+    Args:
+        images: uint8 Bx3xSxS, each image in the top-left corner.
+        sizes: int64 Bx2, (h, w) of each image.
+    """
+    import torch
+
+    mean = images.new_tensor(PIXEL_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = images.new_tensor(PIXEL_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    x = (images.float() - mean) / std
+    s = images.shape[-1]
+    ar = torch.arange(s, device=images.device)
+    valid = (ar[None, :, None] < sizes[:, 0, None, None]) & (ar[None, None, :] < sizes[:, 1, None, None])
+    return x.masked_fill_(~valid[:, None], 0.0)
 
 
 def resize_image(image: Image.Image | np.ndarray, long_side: int) -> Image.Image:

@@ -1,7 +1,7 @@
 """Evaluation cost per SA-1B-sized image (1500x2250 original, 100 RLE masks, img_size 1024), on CPU.
 
 Interleaved round by round in one process:
-- ground truth and prompt inputs for the scored masks: ours (`train.eval_data.protocol_inputs`: each mask decoded
+- ground truth and prompt inputs for the scored masks: ours (`evaluation.records.protocol_inputs`: each mask decoded
   once at full size, the low-resolution grid pooled from the resized ground truth) against the straightforward
   way (`data.annotations.low_res_masks` and `decode_masks` each decoding every RLE);
 - then, as absolute figures, the scoring of one image: the vit_t student encoder at 1024 and the protocol's
@@ -23,11 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.annotations import choose_masks, decode_masks, low_res_masks, prompts_in_frame  # noqa: E402
 from data.synthetic import make_sa1b_image  # noqa: E402
+from evaluation.records import protocol_inputs  # noqa: E402
 from mobilesam import build_sam  # noqa: E402
-from mobilesam.metrics import Decoder, build_prompts, image_ious  # noqa: E402
-from mobilesam.transforms import preprocess_shape  # noqa: E402
-from train.eval_data import protocol_inputs  # noqa: E402
-from train.module import normalize  # noqa: E402
+from mobilesam.protocol import Decoder, build_prompts, image_ious  # noqa: E402
+from mobilesam.transforms import (
+    normalize,  # noqa: E402
+    preprocess_shape,  # noqa: E402
+)
 
 S = 1024
 

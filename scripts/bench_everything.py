@@ -76,7 +76,7 @@ def _bench_stats(official, ours, size: tuple[int, int], rounds: int) -> None:
     """Stability scores and boxes of 64 object-shaped masks: the official full-resolution way against ours."""
     from mobile_sam.utils.amg import batched_mask_to_box, calculate_stability_score
 
-    from mobilesam.mask_stats import LogitUpsampler
+    from mobilesam.everything.mask_stats import LogitUpsampler
     from mobilesam.transforms import preprocess_shape
     from tests.helpers import object_logits
 
@@ -105,8 +105,8 @@ def _bench_stats(official, ours, size: tuple[int, int], rounds: int) -> None:
 
 
 def _bench_decode(official, ours, rounds: int) -> None:
-    """Decoding 64 point prompts on one image embedding: the official mask decoder against `grid_decoder`."""
-    from mobilesam.grid_decoder import decode
+    """Decoding 64 point prompts on one image embedding: the official mask decoder against `many_prompts`."""
+    from mobilesam.many_prompts import decode
 
     g = torch.Generator().manual_seed(0)
     features = torch.randn(1, 256, 64, 64, generator=g)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 @hydra.main(config_path=str(ROOT / "configs"), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from train.evaluate import run
+    from evaluation.evaluate import run
 
     run(cfg)
 

@@ -1,17 +1,17 @@
-"""`EvaluateBeforeAfter`: when a fine-tune ends, the evaluation (train.evaluate) of the model it started from and of
+"""`EvaluateBeforeAfter`: when a fine-tune ends, `evaluation.evaluate` of the model it started from and of
 the exported `mobile_sam.pt` on the held-out shards, side by side."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-from mobilesam.checkpoint import atomic_write, read_sidecar, sidecar_path
-from mobilesam.metrics import PROMPT_TYPES
+from mobilesam.checkpoint import read_sidecar, sidecar_path
+from mobilesam.files import write_json
+from mobilesam.protocol import PROMPT_TYPES
 
 from .callbacks import ExportMobileSam
 
@@ -58,11 +58,11 @@ class EvaluateBeforeAfter(L.Callback):
     `before_after.json` under `out_dir`, prints the table, and records it in `mobile_sam.json` (`evaluation`).
 
     Args:
-        out_dir: where `before/`, `after/` (train.evaluate's reports) and `before_after.json` go.
+        out_dir: where `before/`, `after/` (evaluation.evaluate's reports) and `before_after.json` go.
         teacher_checkpoint: the teacher that made the shards (domain distillation: SAM ViT-H) to score against
             its masks; None uses each model's own decoder on the stored embeddings.
         masks_per_image: masks scored per image (None: all).
-        batch_size, num_workers, device, limit: as `train.evaluate.evaluate`.
+        batch_size, num_workers, device, limit: as `evaluation.evaluate.evaluate`.
     """
 
     def __init__(
@@ -107,7 +107,7 @@ class EvaluateBeforeAfter(L.Callback):
 
     def evaluate(self, before: str, after: str | Path, shards: Path, img_size: int) -> dict[str, Any]:
         """Runs both evaluations and writes the comparison; returns {"before", "after", "comparison"}."""
-        from .evaluate import evaluate
+        from evaluation.evaluate import evaluate
 
         reports = {}
         for name, ckpt in (("before", before), ("after", after)):
@@ -122,10 +122,10 @@ class EvaluateBeforeAfter(L.Callback):
             )
         comparison = compare(reports["before"], reports["after"])
         summary = {"shards": str(shards), "before": str(before), "after": str(after), "miou": comparison}
-        atomic_write(self.out_dir / "before_after.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+        write_json(self.out_dir / "before_after.json", summary, indent=1)
         meta = read_sidecar(after)
         if meta is not None:
             meta["evaluation"] = summary
-            atomic_write(sidecar_path(after), lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+            write_json(sidecar_path(after), meta)
         print(f"\nheld-out evaluation ({shards}), before -> after fine-tuning:\n{table(comparison)}")
         return reports | {"comparison": comparison}

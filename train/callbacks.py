@@ -13,7 +13,8 @@ import torch
 
 import mobilesam
 from mobilesam import build_sam
-from mobilesam.checkpoint import save_state_dict, sha256_file
+from mobilesam.checkpoint import save_state_dict
+from mobilesam.files import sha256_file
 from mobilesam.viz import overlay
 
 log = logging.getLogger(__name__)

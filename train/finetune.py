@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mobilesam.metrics import PROMPT_TYPES, build_prompts, decode
+from mobilesam.protocol import PROMPT_TYPES, build_prompts, decode
 
 from .losses import mask_ious, sam_losses, valid_cells
 from .module import DistillModule
@@ -216,7 +216,7 @@ class FinetuneMasksModule(DistillModule):
 
     # ------------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """The protocol's prompts (mobilesam.metrics) against the ground truth, on the low-resolution grid of the
+        """The protocol's prompts (mobilesam.protocol) against the ground truth, on the low-resolution grid of the
         loss (scripts/evaluate.py measures at full resolution)."""
         if "masks" not in batch:
             return

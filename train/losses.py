@@ -34,7 +34,7 @@ def focal_loss(logits: Tensor, target: Tensor, valid: Tensor, alpha: float = 0.2
 def mask_ious(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """IoU of the thresholded logits (> 0) with binary targets over the valid cells, per mask: ...xHxW -> ...
 
-    Two empty masks count as IoU 1 (as in `mobilesam.metrics.mask_iou`).
+    Two empty masks count as IoU 1 (as in `mobilesam.protocol.mask_iou`).
     """
     pred, gt = (logits > 0) & valid, (target > 0.5) & valid
     inter = (pred & gt).flatten(-2).sum(-1).float()

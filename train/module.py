@@ -16,8 +16,8 @@ from torchmetrics import MeanMetric
 
 from mobilesam import build_sam
 from mobilesam.checkpoint import load_state_dict
-from mobilesam.metrics import PROMPT_TYPES, Decoder, build_prompts, image_ious
-from mobilesam.modeling.sam import PIXEL_MEAN, PIXEL_STD
+from mobilesam.protocol import PROMPT_TYPES, Decoder, build_prompts, image_ious
+from mobilesam.transforms import normalize
 
 from .init import init_student
 
@@ -30,23 +30,6 @@ NO_DECAY = ("attention_biases", "rel_pos", "bias", "norm", "bn.", "neck.1.", "ne
 def plain(x: Any) -> Any:
     """DictConfig -> plain dict/list, so hyper-parameters load with `torch.load(weights_only=True)`."""
     return OmegaConf.to_container(x, resolve=True) if isinstance(x, DictConfig) else x
-
-
-def normalize(images: Tensor, sizes: Tensor) -> Tensor:
-    """Bx3xSxS uint8 padded batch -> float input: (x - mean) / std inside each image, 0 in the padding (as
-    SAM pads after normalising).
-
-    Args:
-        images: uint8 Bx3xSxS, each image in the top-left corner.
-        sizes: int64 Bx2, (h, w) of each image.
-    """
-    mean = images.new_tensor(PIXEL_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = images.new_tensor(PIXEL_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    x = (images.float() - mean) / std
-    s = images.shape[-1]
-    ar = torch.arange(s, device=images.device)
-    valid = (ar[None, :, None] < sizes[:, 0, None, None]) & (ar[None, None, :] < sizes[:, 1, None, None])
-    return x.masked_fill_(~valid[:, None], 0.0)
 
 
 def embedding_mse(student: Tensor, teacher: Tensor, sizes: Tensor | None, img_size: int) -> Tensor:
@@ -278,8 +261,8 @@ class DistillModule(L.LightningModule):
     @torch.no_grad()
     def _example(self, batch: dict[str, Any], i: int, student: Tensor, prompts: Any, size: tuple[int, int]) -> dict:
         """One image with the student's and the teacher's point-prompt masks, for the image logger."""
-        from mobilesam.masks import upscale_unpadded
-        from mobilesam.metrics import decode
+        from mobilesam.mask_ops import upscale_unpadded
+        from mobilesam.protocol import decode
 
         pts, _, _ = prompts.for_type("point")
         k = min(3, len(prompts))

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mobilesam.metrics import Decoder, decode_all
+from mobilesam.protocol import Decoder, decode_all
 
 from .losses import bce_loss, dice_loss, mask_ious, valid_cells
 from .module import DistillModule

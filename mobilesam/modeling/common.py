@@ -9,12 +9,9 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
+from ..device import is_tracing
+
 __all__ = ["LayerNorm2d", "MLPBlock", "Conv2dBN", "add_", "derived", "gelu_", "is_tracing"]
-
-
-def is_tracing() -> bool:
-    """True while torch.jit, dynamo (torch.compile / torch.export) or the ONNX exporter traces the model."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def derived(module: nn.Module, name: str, sources: Sequence[Tensor], compute: Callable[[], Tensor]) -> Tensor:

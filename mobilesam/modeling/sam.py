@@ -9,14 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..masks import upsample_binary, upscale_unpadded
+from ..mask_ops import upsample_binary, upscale_unpadded
+from ..transforms import PIXEL_MEAN, PIXEL_STD
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .tiny_vit import TinyViT
-
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 class Sam(nn.Module):

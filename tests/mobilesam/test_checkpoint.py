@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mobilesam import build_sam
-from mobilesam.build import infer_variant
 from mobilesam.checkpoint import CheckpointError, load_state_dict, save_state_dict
+from mobilesam.variants import infer_variant
 from tests.helpers import perturb_, rel_err
 
 
@@ -42,7 +42,7 @@ def test_foreign_checkpoint_names_missing_and_unexpected_keys(tmp_path):
 def test_shape_mismatch_names_img_size(tmp_path):
     path = tmp_path / "b.pt"
     torch.save(build_sam("vit_b", img_size=256).state_dict(), path)
-    with pytest.raises(CheckpointError, match="image_encoder.pos_embed"):
+    with pytest.raises(CheckpointError, match=r"conflicting img_size: 256 \(its positional embedding\), 512"):
         build_sam("vit_b", path, img_size=512)
 
 
@@ -56,11 +56,20 @@ def test_wrapper_prefixes_are_stripped_and_variant_inferred(tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
-def test_lightning_checkpoint_gets_a_hint(tmp_path):
+def test_lightning_checkpoint_opens_through_the_front_door(tmp_path):
+    model = build_sam("vit_t", img_size=256)
+    state = {f"sam.{k}": v for k, v in model.state_dict().items()}
     path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.4"}, path)
-    with pytest.raises(CheckpointError, match="mobilesam export"):
-        load_state_dict(path)
+    hparams = {"cfg": {"model": {"img_size": 256}, "teacher": {"img_size": 1024}}}
+    torch.save({"state_dict": state, "pytorch-lightning_version": "2.4", "hyper_parameters": hparams}, path)
+    loaded = build_sam("auto", path)  # the same door as mobile_sam.pt: variant from the weights, size from hparams
+    assert loaded.img_size == 256
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert load_state_dict(path).keys() == model.state_dict().keys()
+    empty = tmp_path / "empty.ckpt"
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.4"}, empty)
+    with pytest.raises(CheckpointError, match="self.sam"):
+        load_state_dict(empty)
 
 
 def test_sidecar_sets_img_size_and_refuses_another(tmp_path):
@@ -69,7 +78,7 @@ def test_sidecar_sets_img_size_and_refuses_another(tmp_path):
     assert json.loads((tmp_path / "mobile_sam.json").read_text())["img_size"] == 256
     assert build_sam("vit_t", path).img_size == 256
     assert build_sam("auto", path).img_size == 256
-    with pytest.raises(CheckpointError, match="img_size=256"):
+    with pytest.raises(CheckpointError, match=r"256 \(its sidecar\), 1024 \(the img_size asked for\)"):
         build_sam("vit_t", path, img_size=1024)
     with pytest.raises(CheckpointError, match="vit_t"):
         build_sam("vit_b", path)

@@ -58,4 +58,4 @@ def test_predict_writes_overlay_and_prints_masks(small_checkpoint, tmp_path, cap
 def test_info_reports_variant_and_strict_load(small_checkpoint, capsys):
     assert main(["info", str(small_checkpoint)]) == 0
     out = capsys.readouterr().out
-    assert "vit_t" in out and "loads strictly" in out and "img_size 256" in out and "keys       439" in out
+    assert "vit_t" in out and "loads strictly" in out and "img_size   256 (from its sidecar)" in out and "keys       439" in out

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from mobilesam import build_sam
-from mobilesam.checkpoint import CheckpointError, save_state_dict, sha256_file
+from mobilesam.checkpoint import CheckpointError, find_setting, open_checkpoint, save_state_dict
 from mobilesam.cli import main
-from mobilesam.export import export, find_setting, read_source
+from mobilesam.export import export
+from mobilesam.files import sha256_file
 from tests.helpers import official_registry, perturb_
 
 
@@ -74,7 +75,7 @@ def test_sidecar_of_the_source_is_merged_and_its_size_kept(small_checkpoint, tmp
     assert meta["img_size"] == 256 and meta["variant"] == "vit_t"
     _assert_same_weights(written["weights"], build_sam("vit_t", small_checkpoint).state_dict())
     assert build_sam("vit_t", written["weights"]).img_size == 256  # the sidecar travels with the weights
-    with pytest.raises(CheckpointError, match="conflicting img_size: 256 .its sidecar., 1024 .--img-size."):
+    with pytest.raises(CheckpointError, match="conflicting img_size: 256 .its sidecar., 1024 .the img_size asked for."):
         export(small_checkpoint, tmp_path / "b", img_size=1024)
 
 
@@ -126,7 +127,7 @@ def test_training_checkpoint_prefixes_and_nesting(tmp_path):
     hparams = {"teacher": {"img_size": 1024, "variant": "vit_h"}, "cfg": {"model": {"img_size": 512}, "img": 1}}
     path = tmp_path / "x.ckpt"
     torch.save(_lightning_dict(keys, hparams), path)
-    src = read_source(path)
+    src = open_checkpoint(path)
     assert (src.variant, src.img_size) == ("vit_t", 512)
     assert list(src.state_dict) == list(state)
 
@@ -142,19 +143,19 @@ def test_bad_training_checkpoints_fail_clearly(tmp_path):
     state = {f"sam.{k}": v for k, v in build_sam("vit_t", img_size=256).state_dict().items()}
     no_size = tmp_path / "no_size.ckpt"
     torch.save(_lightning_dict(state, {"lr": 1e-3}), no_size)
-    with pytest.raises(CheckpointError, match="no img_size .* pass --img-size"):
-        read_source(no_size)
-    assert read_source(no_size, img_size=256).img_size == 256
+    with pytest.raises(CheckpointError, match="no img_size .*--img-size"):
+        open_checkpoint(no_size)
+    assert open_checkpoint(no_size, img_size=256).img_size == 256
 
     wrong_variant = tmp_path / "wrong_variant.ckpt"
     torch.save(_lightning_dict(state, {"img_size": 256, "variant": "vit_b"}), wrong_variant)
-    with pytest.raises(CheckpointError, match="says it is 'vit_b' but its weights are 'vit_t'"):
-        read_source(wrong_variant)
+    with pytest.raises(CheckpointError, match="its hyper_parameters says 'vit_b' but its weights are 'vit_t'"):
+        open_checkpoint(wrong_variant)
 
     no_sam = tmp_path / "no_sam.ckpt"
     torch.save(_lightning_dict({"student.w": torch.zeros(1)}, {"img_size": 256}), no_sam)
     with pytest.raises(CheckpointError, match=r"none of its 1 weights is under 'sam\.'.*\['student'\]"):
-        read_source(no_sam)
+        open_checkpoint(no_sam)
 
 
 def test_cli_refuses_a_file_that_does_not_fit(tmp_path):

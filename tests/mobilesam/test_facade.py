@@ -9,7 +9,7 @@ from PIL import Image
 
 from mobilesam import SAM, SamPredictor, build_sam
 from mobilesam.io import ImageReadError
-from mobilesam.masks import masks_to_boxes
+from mobilesam.mask_ops import masks_to_boxes
 from mobilesam.prompts import PromptError
 
 

@@ -98,7 +98,7 @@ def _official_sam_at(img_size: int, sizes: tuple):
 
 @torch.no_grad()
 def test_vit_b_matches_segment_anything_at_reduced_size():
-    from mobilesam.build import VIT_SIZES
+    from mobilesam.variants import VIT_SIZES
 
     torch.manual_seed(0)
     official = perturb_(_official_sam_at(320, VIT_SIZES["vit_b"]), seed=4)
@@ -155,7 +155,7 @@ def test_binary_upsampling_equals_dense_threshold(noise_res):
     """The border-only upsampling gives the same masks as interpolating everything, on both of its paths."""
     import torch.nn.functional as F
 
-    from mobilesam.masks import upsample_binary
+    from mobilesam.mask_ops import upsample_binary
 
     g = torch.Generator().manual_seed(noise_res)
     logits = F.interpolate(torch.randn(2, 3, noise_res, noise_res, generator=g) * 3, (171, 256), mode="bilinear")

@@ -196,7 +196,7 @@ def test_validation_reports_the_protocol_miou_against_the_ground_truth(small_che
     values = {k: float(m.compute()) for k, m in module.val_miou.items()}
     assert set(values) == {"point", "two_points", "box"} and all(0 <= v <= 1 for v in values.values())
     # the box number by hand: SAM's single-mask answer for each ground-truth box, IoU over the image's cells
-    from mobilesam.metrics import decode
+    from mobilesam.protocol import decode
 
     manual = []
     for i in range(2):

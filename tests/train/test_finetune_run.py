@@ -13,7 +13,7 @@ from data.sources import holdout_part
 from data.synthetic_labels import labelled_samples, write_labelled_dataset
 from mobilesam import build_sam
 from mobilesam.checkpoint import save_state_dict
-from mobilesam.metrics import PROMPT_TYPES
+from mobilesam.protocol import PROMPT_TYPES
 from tests.train.conftest import compose_train
 from tests.train.test_finetune_data import write_folder
 from tests.train.test_run import _consumers_load

@@ -10,10 +10,10 @@ import torch
 
 from mobilesam import build_sam
 from mobilesam.checkpoint import save_state_dict
-from mobilesam.modeling.sam import PIXEL_MEAN
+from mobilesam.transforms import PIXEL_MEAN, normalize
 from tests.helpers import perturb_
 from tests.train.conftest import cpu_trainer
-from train.module import DistillModule, embedding_mse, normalize
+from train.module import DistillModule, embedding_mse
 
 
 class Batches:

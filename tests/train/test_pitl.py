@@ -7,7 +7,7 @@ import torch
 
 from mobilesam import build_sam
 from mobilesam.checkpoint import save_state_dict
-from mobilesam.metrics import decode, decode_all, select
+from mobilesam.protocol import decode, decode_all, select
 from tests.helpers import perturb_
 from tests.train.conftest import cpu_trainer
 from tests.train.test_module import Batches

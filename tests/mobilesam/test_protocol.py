@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mobilesam import build_sam
-from mobilesam.metrics import PROMPT_TYPES, Decoder, build_prompts, image_ious, mask_iou, prompt_seed, second_points
+from mobilesam.protocol import PROMPT_TYPES, Decoder, build_prompts, image_ious, mask_iou, prompt_seed, second_points
 from tests.helpers import perturb_
 
 
@@ -60,11 +60,11 @@ def test_same_embedding_scores_one_and_a_perturbed_one_less():
 
 
 def test_the_protocol_module_imports_first() -> None:
-    """`mobilesam.masks` (which the protocol imports) and `mobilesam.modeling` import each other: a fresh process
+    """`mobilesam.mask_ops` (which the protocol imports) and `mobilesam.modeling` import each other: a fresh process
     importing the protocol before anything else must work (the evaluation does)."""
     import subprocess
     import sys
 
-    code = "from mobilesam.metrics import image_ious; from mobilesam.masks import upsample_binary; print('ok')"
+    code = "from mobilesam.protocol import image_ious; from mobilesam.mask_ops import upsample_binary; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .masks import upscale_unpadded
+from .mask_ops import upscale_unpadded
 
 PROMPT_TYPES = ("point", "two_points", "box")
 
@@ -106,9 +106,9 @@ def decode_all(
 
     Output 0 is SAM's single-mask answer, outputs 1-3 its multimask candidates. Without gradients (evaluation,
     validation, the teacher's side of stage 2) the decoder runs in the factored form for many prompts on one image
-    (`mobilesam.grid_decoder`, equal up to float rounding; 0.6x the time for 16 prompts at 1024 on CPU).
+    (`mobilesam.many_prompts`, equal up to float rounding; 0.6x the time for 16 prompts at 1024 on CPU).
     """
-    from .grid_decoder import decode_embedded  # here: grid_decoder imports modeling, which imports masks
+    from .many_prompts import decode_embedded
     from .modeling.mask_decoder import MaskDecoder
 
     sparse, dense = prompt_encoder(points, boxes, None)

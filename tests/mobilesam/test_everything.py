@@ -10,12 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilesam import SAM, SamAutomaticMaskGenerator, SamPredictor, mask_stats
-from mobilesam import amg as ours_amg
+from mobilesam import SAM, SamAutomaticMaskGenerator, SamPredictor
 from mobilesam.cli import main
-from mobilesam.grid_decoder import decode, decode_tokens
+from mobilesam.everything import mask_stats
+from mobilesam.everything import regions as ours_amg
 from mobilesam.io import ImageReadError
-from mobilesam.masks import masks_to_boxes
+from mobilesam.many_prompts import decode, decode_tokens
+from mobilesam.mask_ops import masks_to_boxes
 from mobilesam.prompts import PromptError
 from mobilesam.transforms import preprocess_shape
 from tests.helpers import object_logits, rel_err, scene
@@ -240,7 +241,7 @@ def test_small_region_removal_equals_official(vit_t_pair):
     )
     ref = mobile_sam.SamAutomaticMaskGenerator.postprocess_small_regions(ref, 25, 0.7)
     generator = SamAutomaticMaskGenerator(ours, min_mask_region_area=25, box_nms_thresh=0.7)
-    from mobilesam.automatic_mask_generator import MaskSet
+    from mobilesam.everything import MaskSet
 
     found = MaskSet(t, torch.linspace(0.9, 0.6, 4), torch.ones(4), boxes, torch.zeros(4, 2), torch.zeros(4, 4))
     got = generator._remove_small_regions(found)

@@ -18,12 +18,12 @@ from torch import Tensor, nn
 
 from data.labels import read_coco, read_mask_folder
 from data.synthetic_labels import labelled_samples, write_labelled_dataset
+from evaluation.evaluate import evaluate
 from mobilesam import build_sam
 from mobilesam.checkpoint import save_state_dict
-from mobilesam.metrics import PROMPT_TYPES
+from mobilesam.protocol import PROMPT_TYPES
+from mobilesam.transforms import normalize
 from tests.helpers import perturb_
-from train.evaluate import evaluate
-from train.module import normalize
 
 ROOT = Path(__file__).resolve().parents[2]
 # Stored embeddings are float16: decoding them instead of the float32 originals flips a few border pixels
@@ -281,7 +281,7 @@ def test_command_line(train_shards: Path, teacher_file: Path, tmp_path: Path) ->
 def test_config_names_what_is_missing(tmp_path: Path, teacher_file: Path) -> None:
     from hydra import compose, initialize_config_dir
 
-    from train.evaluate import run
+    from evaluation.evaluate import run
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("evaluate", [f"checkpoint={teacher_file}", f"out_dir={tmp_path}"])

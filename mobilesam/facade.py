@@ -14,8 +14,9 @@ from PIL import Image
 from torch import Tensor
 
 from .build import build_sam
+from .device import choose_device
 from .io import ImageSource, load_image
-from .masks import masks_to_boxes
+from .mask_ops import masks_to_boxes
 from .predictor import SamPredictor
 from .prompts import PromptError, check_inside, parse_prompts
 from .viz import overlay
@@ -80,7 +81,7 @@ class SAM:
         img_size: int | None = None,
         bf16: bool = False,
     ) -> None:
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = choose_device(device)
         if bf16 and device.type != "cuda":
             raise ValueError(f"bf16=True needs a CUDA device, got {device}; leave bf16 off on CPU")
         self.checkpoint = checkpoint
@@ -166,7 +167,7 @@ class SAM:
         )
 
     def _everything(self, source: ImageSource, options: dict[str, Any]) -> Results:
-        from .automatic_mask_generator import SamAutomaticMaskGenerator, check_options
+        from .everything import SamAutomaticMaskGenerator, check_options
 
         check_options(options)
         image = load_image(source)

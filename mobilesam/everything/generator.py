@@ -2,7 +2,7 @@
 
 The official generator upsamples every candidate mask to full resolution, computes its stability there and
 encodes it as RLE, then throws most candidates away. Here each filter runs where it is cheapest and still exact:
-the predicted-IoU filter before the masks are even upscaled from the decoder's tokens (`grid_decoder`), the
+the predicted-IoU filter before the masks are even upscaled from the decoder's tokens (`many_prompts`), the
 stability score and the boxes for NMS from the low-resolution logits (`mask_stats`: exact counts, interpolating
 only near mask borders), and full-resolution masks and RLE only for the masks that survive NMS.
 """
@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import amg
-from .grid_decoder import decode_tokens, upscale
-from .io import array_to_rgb
+from ..io import array_to_rgb
+from ..many_prompts import decode_tokens, upscale
+from ..mask_ops import masks_to_boxes
+from ..modeling import Sam
+from ..predictor import SamPredictor
+from . import regions
 from .mask_stats import LogitUpsampler
-from .masks import masks_to_boxes
-from .modeling import Sam
-from .predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # Prompts per upscaling call: the upscaled features of one prompt are 8 MiB, and small chunks stay in cache
@@ -122,7 +122,7 @@ class SamAutomaticMaskGenerator:
                 f"{crop_n_layers}, {crop_n_points_downscale_factor} and {points_per_batch}"
             )
         if points_per_side is not None:
-            self.point_grids = amg.build_all_layer_point_grids(
+            self.point_grids = regions.build_all_layer_point_grids(
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
             )
         else:
@@ -138,9 +138,9 @@ class SamAutomaticMaskGenerator:
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
         if output_mode == "coco_rle":
-            amg.import_pycocotools()
+            regions.import_pycocotools()
         if min_mask_region_area > 0:
-            amg.import_cv2()
+            regions.import_cv2()
 
         self.predictor = predictor if predictor is not None else SamPredictor(model)
         if self.predictor.model is not model:
@@ -172,24 +172,24 @@ class SamAutomaticMaskGenerator:
     def records(self, result: MaskSet) -> list[dict[str, Any]]:
         """segment-anything's records of a `MaskSet` (see `generate`), segmentations in `output_mode`."""
         records = []
-        areas = amg.mask_areas(result.masks).tolist()
+        areas = regions.mask_areas(result.masks).tolist()
         for i in range(len(result)):
             mask = result.masks[i]
             if self.output_mode == "uncompressed_rle":
-                segmentation = amg.mask_to_rle(mask[None])[0]
+                segmentation = regions.mask_to_rle(mask[None])[0]
             elif self.output_mode == "coco_rle":
-                segmentation = amg.coco_rle(mask.numpy())
+                segmentation = regions.coco_rle(mask.numpy())
             else:
                 segmentation = mask.numpy()
             records.append(
                 {
                     "segmentation": segmentation,
                     "area": areas[i],
-                    "bbox": amg.xyxy_to_xywh([int(v) for v in result.boxes[i]]),
+                    "bbox": regions.xyxy_to_xywh([int(v) for v in result.boxes[i]]),
                     "predicted_iou": float(result.iou_preds[i]),
                     "point_coords": [result.points[i].tolist()],
                     "stability_score": float(result.stability[i]),
-                    "crop_box": amg.xyxy_to_xywh(result.crop_boxes[i].tolist()),
+                    "crop_box": regions.xyxy_to_xywh(result.crop_boxes[i].tolist()),
                 }
             )
         return records
@@ -199,7 +199,7 @@ class SamAutomaticMaskGenerator:
         """Like `generate`, but returns the masks and their data as tensors (masks on the CPU)."""
         image = array_to_rgb(np.asarray(image))
         orig_size = image.shape[:2]
-        crop_boxes, layer_idxs = amg.generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        crop_boxes, layer_idxs = regions.generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         crops = [self._process_crop(image, box, layer) for box, layer in zip(crop_boxes, layer_idxs)]
 
         # Candidates of all crops, in the image frame
@@ -292,7 +292,7 @@ class SamAutomaticMaskGenerator:
         # Drop masks touching a crop edge that is not an image edge
         x0, y0 = crop_box[:2]
         offset = torch.tensor([x0, y0, x0, y0], device=boxes.device)
-        ok &= ~amg.box_near_crop_edge(boxes + offset, crop_box, image_box)
+        ok &= ~regions.box_near_crop_edge(boxes + offset, crop_box, image_box)
         ok = ok.cpu()
         found.logits.append(logits[ok.to(logits.device)])
         found.iou_preds.append(iou.cpu()[ok])
@@ -326,8 +326,8 @@ class SamAutomaticMaskGenerator:
         area = self.min_mask_region_area
         masks, unchanged = [], []
         for m in result.masks.numpy():
-            m, changed_holes = amg.remove_small_regions(m, area, "holes")
-            m, changed_islands = amg.remove_small_regions(m, area, "islands")
+            m, changed_holes = regions.remove_small_regions(m, area, "holes")
+            m, changed_islands = regions.remove_small_regions(m, area, "islands")
             masks.append(torch.from_numpy(m))
             unchanged.append(float(not (changed_holes or changed_islands)))
         masks = torch.stack(masks)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import heapq
 import io
-import json
 import os
 from itertools import count
 from pathlib import Path
@@ -15,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mobilesam.checkpoint import atomic_write
-from mobilesam.metrics import PROMPT_TYPES
+from mobilesam.files import atomic_write, write_json
+from mobilesam.protocol import PROMPT_TYPES
 from mobilesam.viz import overlay
 
 COMPARISONS = ("vs_teacher", "vs_ground_truth", "teacher_vs_ground_truth")
@@ -25,7 +24,7 @@ FILES["examples"] = "examples.png"
 
 
 def protocol_description(masks_per_image: int | None, img_size: int, teacher_decoder: str) -> dict[str, Any]:
-    """The protocol as it is written into metrics.json (mobilesam/metrics.py implements it)."""
+    """The protocol as it is written into metrics.json (mobilesam/protocol.py implements it)."""
     which = (
         "all of each image's masks"
         if masks_per_image is None
@@ -51,7 +50,7 @@ def protocol_description(masks_per_image: int | None, img_size: int, teacher_dec
         "resolution": f"the resized input: long side {img_size}, padding removed (h x w per image)",
         "seed": {"mask_subset": "crc32(key)", "second_point": "crc32(f'{key}/{mask_id}')"},
         "teacher_decoder": teacher_decoder,
-        "implementation": "mobilesam.metrics (build_prompts, image_ious, decode)",
+        "implementation": "mobilesam.protocol (build_prompts, image_ious, decode)",
     }
 
 
@@ -232,7 +231,7 @@ def write_report(
         files["examples"] = str(plot_examples(examples, out / FILES["examples"]))
     files["metrics"] = str(out / FILES["metrics"])
     metrics["files"] = files
-    atomic_write(out / FILES["metrics"], lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
+    write_json(out / FILES["metrics"], metrics)
     return files
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .masks import _bilinear_taps, _expand
-from .modeling import Sam
+from ..mask_ops import _bilinear_taps, _expand
+from ..modeling import Sam
 
 # Above this fraction of output pixels in border cells, a mask takes the dense path. A border pixel costs a few
 # times a dense one; object-shaped masks have a few percent, noise nearly all (a chosen value, not a tuned one).

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .device import is_tracing
+
 
 def upscale_unpadded(logits: Tensor, input_size: tuple[int, int], img_size: int) -> Tensor:
     """Low-resolution mask logits of the padded input frame -> logits at the unpadded input size.
@@ -88,8 +90,6 @@ def upsample_binary(logits: Tensor, size: tuple[int, int], threshold: float = 0.
     Returns:
         BxCxHxW bool masks.
     """
-    from .modeling.common import is_tracing  # imported here: mobilesam.modeling imports this module
-
     b, c, h, w = logits.shape
     out_h, out_w = size
     dev = logits.device

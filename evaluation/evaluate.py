@@ -1,5 +1,5 @@
 """`evaluate(...)`: the paper's mIoU (the student's masks against the teacher's and against the ground truth, per
-prompt type of the protocol in mobilesam/metrics.py) on shards or a labelled dataset, with a report; `run(cfg)` for
+prompt type of the protocol in mobilesam/protocol.py) on shards or a labelled dataset, with a report; `run(cfg)` for
 scripts/evaluate.py."""
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from torch import Tensor
 import mobilesam
 from data.labels import LabelledSet, read_labels
 from data.teacher import embed
-from mobilesam import Sam, build_sam
-from mobilesam.checkpoint import CheckpointError, load_into, sha256_file
-from mobilesam.export import read_source
-from mobilesam.metrics import PROMPT_TYPES, Decoder, build_prompts, image_ious, protocol_masks
+from mobilesam import Sam
+from mobilesam.build import build_from
+from mobilesam.checkpoint import open_checkpoint
+from mobilesam.device import choose_device
+from mobilesam.files import sha256_file
+from mobilesam.protocol import PROMPT_TYPES, Decoder, build_prompts, image_ious, protocol_masks
+from mobilesam.transforms import normalize
 
-from .eval_data import EvalRecords, LabelledSource, ShardSource, record_loader
-from .module import normalize
+from .records import EvalRecords, LabelledSource, ShardSource, record_loader
 from .report import COMPARISONS, Tally, WorstCases, example, protocol_description, summary_table, write_report
 
 log = logging.getLogger(__name__)
@@ -40,23 +42,9 @@ def load_model(
         variant: "auto" (read from the weights) or the variant the caller expects (a mismatch is refused).
         role: names the option in error messages ("checkpoint", "teacher.checkpoint").
     """
-    src = read_source(checkpoint, img_size)
-    if variant not in ("auto", None) and variant != src.variant:
-        raise CheckpointError(
-            f"{role}={checkpoint} holds {src.variant} weights but {variant} was asked for; "
-            f"pass the matching variant (for the teacher: teacher={src.variant})"
-        )
-    sam = build_sam(src.variant, img_size=src.img_size)
-    load_into(sam, src.state_dict, source=str(checkpoint))
-    record = {"path": str(checkpoint), "sha256": sha256_file(checkpoint), "img_size": src.img_size}
-    return sam.eval(), record | {"variant": src.variant}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """ "auto"/None: CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    ckpt = open_checkpoint(checkpoint, img_size, variant, role)
+    record = {"path": str(checkpoint), "sha256": sha256_file(checkpoint), "img_size": ckpt.img_size}
+    return build_from(ckpt), record | {"variant": ckpt.variant}
 
 
 class Scorer:
@@ -184,7 +172,7 @@ def evaluate(
     val_fraction: float = 0.0,
     val_shards: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Scores a model with the mask-agreement protocol (mobilesam/metrics.py) and writes the report.
+    """Scores a model with the mask-agreement protocol (mobilesam/protocol.py) and writes the report.
 
     Args:
         checkpoint: a checkpoint file (any `load_model` reads) or a `Sam` already in memory (e.g. a fine-tune's
@@ -213,7 +201,7 @@ def evaluate(
         ["teacher_vs_ground_truth": {...}], "protocol", "checkpoint", "teacher", "data", "notes", "files", ...}.
     """
     t0, notes = time.time(), []
-    dev = resolve_device(device)
+    dev = choose_device(device)
     if masks_per_image is not None and masks_per_image < 1:
         raise ValueError(f"masks_per_image={masks_per_image}; give a positive number, or null for all masks")
     if isinstance(checkpoint, Sam):
