@@ -16,6 +16,7 @@ from torch import Tensor
 from .build import build_sam
 from .device import choose_device
 from .io import ImageSource, load_image
+from .many_prompts import predict_many
 from .mask_ops import masks_to_boxes
 from .predictor import SamPredictor
 from .prompts import PromptError, check_inside, parse_prompts
@@ -154,8 +155,17 @@ class SAM:
             labels = torch.as_tensor(labs, dtype=torch.int, device=dev)
         if boxes is not None:
             tboxes = torch.as_tensor(p.transform.apply_boxes(boxes, size), dtype=torch.float, device=dev)
-        masks, iou, _ = p.predict_torch(coords, labels, tboxes, multimask_output=multimask_output)
-        masks = masks.flatten(0, 1).cpu()  # objects x C x H x W -> (objects*C) x H x W, object-major
+        with p._autocast():  # chunked, factored decoding; full-size masks made as bool, one chunk at a time
+            masks, iou = predict_many(
+                self.model,
+                p.features,
+                None if coords is None else (coords, labels),
+                tboxes,
+                multimask_output,
+                p.input_size,
+                p.original_size,
+            )
+        masks = masks.flatten(0, 1)  # objects x C x H x W -> (objects*C) x H x W, object-major
         prompts = {"points": pts, "labels": labs, "boxes": boxes}
         return Results(
             orig_img=image,

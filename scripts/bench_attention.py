@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobilesam import build_sam  # noqa: E402
-from mobilesam.build import VIT_SIZES  # noqa: E402
 from mobilesam.modeling.image_encoder import Block, set_rel_pos_folding  # noqa: E402
+from mobilesam.variants import VIT_SIZES  # noqa: E402
 
 CASES = ("vit_h_global", "vit_h_window", "vit_b_encoder")
 

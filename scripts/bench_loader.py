@@ -74,6 +74,13 @@ def build(root: Path, n: int, per_shard: int, size: tuple[int, int], encoding: s
     return shards
 
 
+class RleDecoder(SampleDecoder):
+    """The loader with the low-resolution masks member hidden: every mask decoded from its RLE."""
+
+    def __call__(self, raw: dict, epoch: int | None) -> dict:
+        return super().__call__({k: v for k, v in raw.items() if k != LOW_RES_KEY}, epoch)
+
+
 def naive_batch(root: Path, ids: list[int]) -> dict:
     """What a straightforward loader does per sample: decode the original, resize, pad, np.load."""
     images, embs = [], []
@@ -112,10 +119,7 @@ def main(argv: list[str]) -> int:
         decoder = SampleDecoder(S, args.encoding, args.masks)
         stream = ShardStream(shards, decoder, args.batch_size, shuffle_buffer=64, train=True)
 
-        def rle_decoder(raw: dict, epoch: int | None) -> dict:  # the member hidden: masks from the RLE
-            return decoder({k: v for k, v in raw.items() if k != LOW_RES_KEY}, epoch)
-
-        rle_stream = ShardStream(shards, rle_decoder, args.batch_size, shuffle_buffer=64, train=True)
+        rle_stream = ShardStream(shards, RleDecoder(S, args.encoding, args.masks), args.batch_size, 64, train=True)
         ours, naive, rle = [], [], []
         for r in range(args.rounds + 1):  # round 0 warms the page cache and the code paths
             stream.set_epoch(r)

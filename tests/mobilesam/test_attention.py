@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mobilesam import build_sam
-from mobilesam.build import VIT_SIZES
 from mobilesam.modeling.image_encoder import Attention, Block, ImageEncoderViT, folded_rel_pos_qk, set_rel_pos_folding
+from mobilesam.variants import VIT_SIZES
 from tests.helpers import perturb_, rel_err
 
 TOL = 1e-4
