@@ -62,3 +62,18 @@ def test_chunk_size_does_not_change_the_masks(sam, photo):
     a, ia = predict_many(*args, chunk=32)
     b, ib = predict_many(*args, chunk=3)
     assert a.shape == (20, 3, 150, 200) and (a == b).float().mean() > 0.9999 and torch.allclose(ia, ib, atol=1e-5)
+
+
+def test_batched_images_equal_one_at_a_time(sam, photo):
+    rng = np.random.default_rng(5)
+    images = [photo, rng.integers(0, 255, (90, 210, 3), dtype=np.uint8), photo[::-1].copy()]  # two sizes
+    kwargs = {"points": [[60, 50], [20, 80]], "bboxes": [[40, 30, 110, 90], [0, 0, 60, 88]], "multimask_output": True}
+    one = sam.predict(images, **kwargs)
+    batched = sam.predict(images, batch_size=2, **kwargs)  # a batch of 2, then 1
+    assert len(batched) == 3
+    for a, b in zip(one, batched):
+        assert a.masks.shape == b.masks.shape and (a.masks == b.masks).float().mean() > 0.9999
+        assert torch.allclose(a.scores, b.scores, atol=1e-4) and a.masks.any()
+    assert not torch.equal(one[0].masks, one[2].masks)  # different images, different masks
+    with pytest.raises(ValueError, match="batch_size=0 must be a positive int"):
+        sam.predict(photo, points=[60, 50], batch_size=0)
