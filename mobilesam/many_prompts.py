@@ -14,6 +14,8 @@ The results equal `MaskDecoder.forward` up to float rounding (the tests bound it
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -196,12 +198,19 @@ def predict_many(
     masks = torch.zeros(b, m, *original_size, dtype=torch.bool)
     ious = torch.zeros(b, m)
     h, w = model.prompt_encoder.image_embedding_size
+    # postprocess_masks reads the low-resolution rows/columns up to ceil(size / 4) + 1 (mask_ops.upscale_unpadded)
+    th = min(h, math.ceil((math.ceil(input_size[0] / 4) + 1) / 4))
+    tw = min(w, math.ceil((math.ceil(input_size[1] / 4) + 1) / 4))
     for start in range(0, b, chunk):
         part = slice(start, min(b, start + chunk))
         pts = None if points is None else (points[0][part], points[1][part])
         sparse, dense = model.prompt_encoder(pts, None if boxes is None else boxes[part], None)
         iou, hyper, keys = decode_embedded(model.prompt_encoder, model.mask_decoder, features, sparse, dense)
-        low = model.mask_decoder.upscale_and_project(keys.contiguous(), hyper[:, sel].contiguous(), h, w).float()
+        # upscale only the tokens whose pixels reach the unpadded image (the upscaling is per token: exact)
+        tokens = keys.reshape(-1, h, w, keys.shape[-1])[:, :th, :tw].reshape(keys.shape[0], th * tw, -1)
+        crop = model.mask_decoder.upscale_and_project(tokens, hyper[:, sel].contiguous(), th, tw).float()
+        low = crop.new_zeros(crop.shape[0], m, 4 * h, 4 * w)  # what lies beyond the crop is never read
+        low[..., : 4 * th, : 4 * tw] = crop
         masks[part] = model.postprocess_masks(low, input_size, original_size, threshold=model.mask_threshold).cpu()
         ious[part] = iou[:, sel].float().cpu()
     return masks, ious
