@@ -5,7 +5,8 @@ relative-position tables matter), batch 1, fp32, CPU. Cases:
 - `vit_h_global`: one global ViT-H block at 1024 (64 x 64 tokens, 16 heads: the bias is 16 x 4096 x 4096);
 - `vit_h_window`: one windowed ViT-H block at 1024 (25 windows of 14 x 14);
 - `vit_b_encoder`: the whole vit_b image encoder at 1024.
-Prints per case the median time of each path (interleaved round by round), their ratio, the relative error
+Prints per case the median time of each path (interleaved round by round; for the encoder also the default
+rule of `Attention.fold_rel_pos`: folded global blocks, biased windows on CPU), their ratio, the relative error
 between the outputs (DESIGN.md's max|a - b| / max|b|), and each path's peak resident memory above the model's,
 measured in a fresh subprocess per path (ru_maxrss after one forward minus before it).
 """
@@ -57,7 +58,7 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux (no /proc)
 
 
-def peak_memory(case: str, fold: bool) -> float:
+def peak_memory(case: str, fold: bool | None) -> float:
     """Peak resident MiB of one forward above the built module and input, in a fresh process."""
     code = (
         "import sys; sys.path.insert(0, 'scripts'); import torch, bench_attention as b; torch.set_num_threads(1)\n"
@@ -80,11 +81,12 @@ def main(argv: list[str]) -> int:
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, batch 1, median of {args.rounds} rounds")
     for case in args.cases.split(","):
         module, x = make(case)
-        times = {True: [], False: []}
+        modes = (True, False, None) if case == "vit_b_encoder" else (True, False)  # None: the default rule
+        times: dict[bool | None, list[float]] = {mode: [] for mode in modes}
         outs = {}
         with torch.no_grad():
             for r in range(args.rounds + 1):  # round 0 warms up
-                for fold in (True, False) if r % 2 else (False, True):
+                for fold in modes if r % 2 else modes[::-1]:
                     set_rel_pos_folding(module, fold)
                     t = time.perf_counter()
                     outs[fold] = module(x)
@@ -93,13 +95,17 @@ def main(argv: list[str]) -> int:
         ref = outs[False] - (x if case != "vit_b_encoder" else 0)
         err = float((outs[True] - outs[False]).abs().max() / ref.abs().max())
         del module, x, outs
-        mem = {fold: peak_memory(case, fold) for fold in (True, False)}
-        tf, tb = statistics.median(times[True]), statistics.median(times[False])
+        mem = {fold: peak_memory(case, fold) for fold in modes}
+        med = {fold: statistics.median(times[fold]) for fold in modes}
         ratio = statistics.median(a / b for a, b in zip(times[True], times[False]))
-        print(
-            f"{case}: folded {tf * 1e3:.0f} ms, bias {tb * 1e3:.0f} ms, ratio {ratio:.2f}; "
+        line = (
+            f"{case}: folded {med[True] * 1e3:.0f} ms, bias {med[False] * 1e3:.0f} ms, ratio {ratio:.2f}; "
             f"peak memory folded {mem[True]:.0f} MiB, bias {mem[False]:.0f} MiB; rel. error {err:.1e}"
         )
+        if None in modes:
+            rule = statistics.median(a / b for a, b in zip(times[None], times[False]))
+            line += f"; default rule {med[None] * 1e3:.0f} ms ({rule:.2f} of bias), peak {mem[None]:.0f} MiB"
+        print(line)
     return 0
 
 

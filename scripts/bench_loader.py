@@ -119,7 +119,9 @@ def main(argv: list[str]) -> int:
         decoder = SampleDecoder(S, args.encoding, args.masks)
         stream = ShardStream(shards, decoder, args.batch_size, shuffle_buffer=64, train=True)
 
-        rle_stream = ShardStream(shards, RleDecoder(S, args.encoding, args.masks), args.batch_size, shuffle_buffer=64, train=True)
+        rle_stream = ShardStream(
+            shards, RleDecoder(S, args.encoding, args.masks), args.batch_size, shuffle_buffer=64, train=True
+        )
         ours, naive, rle = [], [], []
         for r in range(args.rounds + 1):  # round 0 warms the page cache and the code paths
             stream.set_epoch(r)

@@ -32,7 +32,7 @@ def _boxes(n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("multimask", [False, True])
 def test_many_boxes_and_points_equal_the_one_batch_decoder(sam, photo, multimask):
-    boxes = _boxes(70)  # more than two chunks of 32
+    boxes = _boxes(70)  # more than four chunks of 16
     pts = np.stack([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, :2] + 2], 1)  # 2 points per object: + and -
     labels = np.tile([1, 0], (70, 1))
     (r,) = sam.predict(
