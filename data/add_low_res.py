@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
+from mobilesam.files import sha256_file
+
 from .annotations import low_res_masks
 from .codec import ShardFormatError, as_bytes
 from .low_res import LOW_RES_KEY, decode_low_res, encode_low_res, manifest_entry
-from .manifest import MANIFEST, read_manifest, write_json
+from .manifest import MANIFEST, read_manifest, sample_crc32, write_json
 from .stream import raw_samples
 
 
@@ -45,9 +47,14 @@ def add_to_shard(path: str, img_size: int, force: bool = False) -> dict[str, Any
         if anns:
             annotated[raw["__key__"]] = (anns, size)
     name = Path(path).name
+    record = Path(path).with_suffix(".json")  # the precompute's commit record, when there is one
+    rec = json.loads(record.read_text()) if record.is_file() else None
+    _check_recorded(name, samples, (rec or {}).get("crc32") or {})
     todo = [r for r in samples if r["__key__"] in annotated and (force or _needs(r))]
     if not todo:
-        return {"shard": name, "samples": len(samples), "with_masks": len(annotated), "added": 0, "skipped_shard": True}
+        sha = _sync_record(path, record, rec, len(annotated))
+        return {"shard": name, "samples": len(samples), "with_masks": len(annotated), "added": 0,
+                "skipped_shard": True, "sha256": sha}  # fmt: skip
     expected: dict[str, dict[str, bytes]] = {}
     for raw in samples:
         key = raw["__key__"]
@@ -71,13 +78,37 @@ def add_to_shard(path: str, img_size: int, force: bool = False) -> dict[str, Any
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    sha = _sync_record(path, record, rec, len(annotated))  # a kill before this: the rerun's skip path does it
     return {
         "shard": name,
         "samples": len(samples),
         "with_masks": len(annotated),
         "added": len(todo),
         "skipped_shard": False,
+        "sha256": sha,
     }
+
+
+def _check_recorded(name: str, samples: list[dict[str, Any]], crcs: dict[str, int]) -> None:
+    """Refuses a shard whose samples changed since the precompute recorded them (the member aside)."""
+    for raw in samples:
+        old = crcs.get(raw["__key__"])
+        plain = {k: v for k, v in raw.items() if k != LOW_RES_KEY}
+        if old is not None and int(old) not in (sample_crc32(raw), sample_crc32(plain)):
+            raise ShardFormatError(
+                f"{name}: sample {raw['__key__']} changed since it was written (crc32 of its members); "
+                "run scripts/verify_shards.py and rebuild that shard before adding masks"
+            )
+
+
+def _sync_record(path: str, record: Path, rec: dict[str, Any] | None, with_masks: int) -> str:
+    """The shard's sha256; its commit record (when there is one) updated to the shard as it is now."""
+    sha = sha256_file(path)
+    if rec is not None:
+        crcs = {r["__key__"]: sample_crc32(r) for r in raw_samples(path)}
+        if rec.get("sha256") != sha or rec.get("crc32") != crcs or rec.get("low_res_masks") != with_masks:
+            write_json(record, rec | {"sha256": sha, "crc32": crcs, "low_res_masks": with_masks})
+    return sha
 
 
 def _check(tmp: str, expected: dict[str, dict[str, bytes]], annotated: dict, img_size: int) -> None:
@@ -121,9 +152,12 @@ def add_low_res_masks(root: str | os.PathLike, workers: int = 1, force: bool = F
     else:
         results = [add_to_shard(p, img_size, force) for p in paths]
     with_masks = sum(r["with_masks"] for r in results)
+    for sh, r in zip(m["shards"], results):
+        if "sha256" in sh:  # manifests that record shard hashes follow the rewritten shards
+            sh["sha256"] = r["sha256"]
     if with_masks:
         m["low_res_masks"] = manifest_entry(img_size) | {"samples": with_masks}
-        write_json(root / MANIFEST, m)
+    write_json(root / MANIFEST, m)
     return {
         "shards": len(results),
         "rewritten": sum(not r["skipped_shard"] for r in results),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import Literal
 
 import numpy as np
 import torch
@@ -13,13 +12,14 @@ import torchvision
 from PIL import Image
 from torch import Tensor
 
+from mobilesam.variants import PATCH_SIZE, PROMPT_EMBED_DIM
+
 # torchvision 0.29 marks its JPEG codec deprecated in favour of torchcodec; it is still the fastest decoder here
 # (3.5 ms for 1024x683 against 4.3 ms for OpenCV and 6.1 ms for Pillow, one core)
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
-EMBED_DIM = 256  # channels of every SAM image embedding
-PATCH = 16  # embedding grid = img_size / PATCH
-Encoding = Literal["float16", "int8"]
+EMBED_DIM = PROMPT_EMBED_DIM  # channels of every SAM image embedding
+PATCH = PATCH_SIZE  # embedding grid = img_size / PATCH
 ENCODINGS: tuple[str, ...] = ("float16", "int8")
 # Member names (webdataset extensions) per encoding: int8 stores the codes in emb.npy and per-channel scales beside.
 EMB_KEY = "emb.npy"

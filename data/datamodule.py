@@ -103,6 +103,18 @@ class ShardDataModule(L.LightningDataModule):
         synthesize: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("masks_per_image", masks_per_image, 0),
+            ("shuffle_buffer", shuffle_buffer, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"data.{name}={value!r} must be an integer >= {low}")
+        if val_masks_per_image is not None and val_masks_per_image < 0:
+            raise ValueError(f"data.val_masks_per_image={val_masks_per_image} must be >= 0 (or null: masks_per_image)")
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1): the share of shards held out")
         self.root, self.val_root = Path(root), Path(val_root) if val_root else None
         self.batch_size, self.num_workers, self.masks_per_image = batch_size, num_workers, masks_per_image
         self.val_masks_per_image = masks_per_image if val_masks_per_image is None else val_masks_per_image

@@ -9,31 +9,27 @@ from typing import Any
 
 from .manifest import MANIFEST
 from .precompute import run
+from .precompute_config import PrecomputeConfig, TeacherConfig
 from .synthetic import make_sa1b_tars
 
 log = logging.getLogger(__name__)
 
 
-def precompute_config(source_root: str | os.PathLike, out_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
-    """configs/precompute.yaml's defaults as a plain dict, for calling `data.precompute.run` without Hydra;
-    `overrides` replace top-level keys (`teacher=`, `source=` take whole dicts)."""
-    cfg: dict[str, Any] = {
+def precompute_config(source_root: str | os.PathLike, out_dir: str | os.PathLike, **overrides: Any) -> PrecomputeConfig:
+    """The demo's precompute settings (a random vit_t teacher at 256 on the CPU, small shards, quiet), for calling
+    `data.precompute.run` without Hydra; `overrides` replace fields (`teacher=` takes a dict or a `TeacherConfig`)."""
+    demo = {
         "source": {"kind": "sa1b", "root": str(source_root)},
-        "teacher": {"variant": "vit_t", "checkpoint": None, "precision": "fp32"},
         "out_dir": str(out_dir),
+        "teacher": TeacherConfig(variant="vit_t"),
         "img_size": 256,
-        "limit": None,
         "batch_size": 4,
         "num_workers": 0,
         "shard_size": 8,
-        "jpeg_quality": 95,
-        "encoding": "float16",
         "device": "cpu",
-        "rank": None,
-        "world_size": None,
         "progress": False,
     }
-    return cfg | overrides
+    return PrecomputeConfig.of(demo | overrides)
 
 
 def ensure_demo_shards(

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mobilesam.files import write_json
 
-from .codec import EMBED_DIM, ENCODINGS, PATCH, SCALE_KEY
+from .codec import EMBED_DIM, ENCODINGS, PATCH, SCALE_KEY, as_bytes
 from .low_res import manifest_entry
 
 MANIFEST = "dataset.json"
@@ -25,6 +27,14 @@ FORMAT_VERSION = 1
 
 class ManifestError(ValueError):
     """A shard directory whose manifest is missing, malformed, or contradicts the request."""
+
+
+def sample_crc32(sample: Mapping[str, Any]) -> int:
+    """crc32 of a sample's member bytes in member-name order (what its record keeps, so verify can name it)."""
+    crc = 0
+    for ext in sorted(k for k in sample if not k.startswith("__")):
+        crc = zlib.crc32(as_bytes(sample[ext]), crc)
+    return crc
 
 
 def shard_name(rank: int, chunk: int) -> str:
@@ -56,7 +66,37 @@ def check_plan(out_dir: Path, plan: dict[str, Any]) -> None:
                 "or write to a fresh out_dir."
             )
         return
+    _check_against_disk(out_dir, plan)
     write_json(path, plan)
+
+
+def _check_against_disk(out_dir: Path, plan: dict[str, Any]) -> None:
+    """Without a run plan, the settings of shards already in `out_dir` come from its dataset.json; a folder of
+    committed shards with neither cannot say what it holds. A new plan that contradicts them is refused."""
+    manifest = out_dir / MANIFEST
+    if manifest.is_file():
+        on_disk = json.loads(manifest.read_text())
+        said = {
+            "img_size": (on_disk.get("img_size"), plan["img_size"]),
+            "encoding": (on_disk.get("embedding", {}).get("encoding"), plan["encoding"]),
+            "jpeg_quality": (on_disk.get("jpeg_quality"), plan["jpeg_quality"]),
+            "teacher": (
+                {k: on_disk.get("teacher", {}).get(k) for k in ("variant", "checkpoint_sha256", "precision")},
+                {k: plan["teacher"].get(k) for k in ("variant", "checkpoint_sha256", "precision")},
+            ),
+        }
+        diff = {k: ab for k, ab in said.items() if ab[0] != ab[1]}
+        if diff:
+            lines = "; ".join(f"{k}: {a!r} in {manifest.name}, {b!r} now" for k, (a, b) in diff.items())
+            raise ManifestError(
+                f"out_dir={out_dir} already holds finished shards with other settings ({lines}), and its {PLAN} is "
+                "gone. Write to a fresh out_dir, or rerun with the shards' own settings."
+            )
+    elif any(out_dir.glob("shard-*.json")):
+        raise ManifestError(
+            f"out_dir={out_dir} holds committed shards but neither {PLAN} nor {MANIFEST}, so their settings are "
+            "unknown: restore the plan file or write to a fresh out_dir"
+        )
 
 
 def chunk_ranges(n_inputs: int, rank: int, world: int, shard_size: int) -> list[list[int]]:
@@ -74,7 +114,7 @@ def assemble_manifest(out_dir: Path, plan: dict[str, Any], skipped_at_listing: l
             if not rec.is_file() or not (out_dir / shard_name(rank, chunk)).is_file():
                 return False
             r = json.loads(rec.read_text())
-            shards.append({"name": r["shard"], "count": r["count"], "rank": rank})
+            shards.append({"name": r["shard"], "count": r["count"], "rank": rank} | {"sha256": r.get("sha256")})
             skipped += r["skipped"]
             low_res += r.get("low_res_masks", 0)
     grid = plan["img_size"] // PATCH

@@ -15,10 +15,13 @@ import webdataset as wds
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mobilesam.device import choose_device
+from mobilesam.files import sha256_file
 from mobilesam.transforms import resize_image
 
 from .annotations import AnnotationError, parse_sa1b_json
 from .codec import ENCODINGS, decode_jpeg, encode_embedding, encode_jpeg
+from .inputs import SOURCE_KINDS, list_inputs, ref_identity
 from .low_res import LOW_RES_KEY, encode_low_res
 from .manifest import (
     MANIFEST,
@@ -27,10 +30,12 @@ from .manifest import (
     chunk_ranges,
     inputs_digest,
     record_path,
+    sample_crc32,
     shard_name,
     write_json,
 )
-from .sources import SOURCE_KINDS, InputError, InputRef, decode_image, list_inputs, ref_identity
+from .precompute_config import PrecomputeConfig
+from .sources import InputError, InputRef, decode_image
 from .teacher import PRECISIONS, describe_teacher, embed, load_teacher
 
 log = logging.getLogger(__name__)
@@ -77,9 +82,8 @@ class _Prepared(Dataset):
             return {"key": ref.key, "skip": {"source": ref.image.describe(), "reason": str(e)}}
 
 
-def _dist_env(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
-    rank = cfg.get("rank")
-    world = cfg.get("world_size")
+def _dist_env(cfg: PrecomputeConfig) -> tuple[int, int, int]:
+    rank, world = cfg.rank, cfg.world_size
     rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else int(world)
     if not 0 <= rank < world:
@@ -88,9 +92,8 @@ def _dist_env(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
 
 
 def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`auto`: this process's GPU (cuda:LOCAL_RANK) when there is one, else the CPU."""
+    return choose_device(f"cuda:{local_rank}" if name == "auto" and torch.cuda.is_available() else name)
 
 
 class _ShardSink:
@@ -104,8 +107,15 @@ class _ShardSink:
         self.file = open(self.tmp, "wb")
         self.writer = wds.TarWriter(self.file, encoder=False)
         self.keys: list[str] = []
+        self.crc32: dict[str, int] = {}
         self.skipped: list[dict[str, str]] = []
         self.low_res = 0  # samples written with the low-resolution masks member
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """Writes one sample and records the crc32 of its members (in name order), for `verify_shards`."""
+        self.writer.write(sample)
+        self.keys.append(sample["__key__"])
+        self.crc32[sample["__key__"]] = sample_crc32(sample)
 
     def close(self) -> None:
         self.writer.close()  # closes the tar stream, not our file
@@ -114,18 +124,20 @@ class _ShardSink:
         self.file.close()
         os.replace(self.tmp, self.final)
         rec = {"shard": self.final.name, "rank": self.rank, "chunk": self.chunk, "count": len(self.keys)}
+        rec |= {"sha256": sha256_file(self.final), "crc32": self.crc32}
         rec |= {"inputs": [self.inputs[0], self.inputs[-1]], "keys": self.keys, "skipped": self.skipped}
         rec["low_res_masks"] = self.low_res
         write_json(self.record, rec)
 
 
-def make_plan(cfg: Mapping[str, Any], refs: list[InputRef], world: int) -> dict[str, Any]:
+def make_plan(cfg: PrecomputeConfig | Mapping[str, Any], refs: list[InputRef], world: int) -> dict[str, Any]:
     """The run plan (`_plan.json`): everything a resumed run must share with the first (see manifest.check_plan).
 
     Checks the settings; hashes the teacher checkpoint (sha256) and the ordered inputs.
     """
-    source, teacher = cfg["source"], cfg["teacher"]
-    encoding, precision = str(cfg["encoding"]), str(teacher["precision"])
+    cfg = PrecomputeConfig.of(cfg)
+    source, teacher = cfg.source, cfg.teacher
+    encoding, precision = cfg.encoding, teacher.precision
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding={encoding!r}; choose one of {ENCODINGS}")
     if precision not in PRECISIONS:
@@ -137,41 +149,40 @@ def make_plan(cfg: Mapping[str, Any], refs: list[InputRef], world: int) -> dict[
         if source.get(extra) is not None:
             described[extra] = source[extra] if extra != "annotations" else str(source[extra])
     return {
-        "img_size": int(cfg["img_size"]),
+        "img_size": cfg.img_size,
         "encoding": encoding,
-        "teacher": describe_teacher(teacher["variant"], teacher.get("checkpoint")) | {"precision": precision},
-        "jpeg_quality": int(cfg["jpeg_quality"]),
+        "teacher": describe_teacher(teacher.variant, teacher.checkpoint) | {"precision": precision},
+        "jpeg_quality": cfg.jpeg_quality,
         "source": described,
         "inputs": len(refs),
         "inputs_sha256": inputs_digest([(r.key, ref_identity(r)) for r in refs]),
         "world_size": world,
-        "shard_size": int(cfg["shard_size"]),
+        "shard_size": cfg.shard_size,
     }
 
 
-def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def run(cfg: PrecomputeConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Runs (or resumes) the precompute of this rank, and writes dataset.json if every rank is done.
 
     Args:
-        cfg: configs/precompute.yaml composed: source (see `sources.list_inputs`), teacher.{variant, checkpoint,
-            precision}, out_dir, img_size, limit, batch_size, num_workers, shard_size, jpeg_quality, encoding, device,
-            rank / world_size (null: torchrun's RANK / WORLD_SIZE), progress.
+        cfg: a `PrecomputeConfig`, or configs/precompute.yaml composed (a mapping with its fields).
 
     Returns:
         {"rank", "written" (samples written now), "skipped" (inputs skipped now), "manifest" (path or None)}.
     """
-    source, teacher = cfg["source"], cfg["teacher"]
-    img_size, encoding, precision = int(cfg["img_size"]), str(cfg["encoding"]), str(teacher["precision"])
+    cfg = PrecomputeConfig.of(cfg)
+    source, teacher = cfg.source, cfg.teacher
+    img_size, encoding, precision = cfg.img_size, cfg.encoding, teacher.precision
     rank, world, local_rank = _dist_env(cfg)
-    out_dir = Path(cfg["out_dir"])
+    out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     refs, skipped_listing = list_inputs(source)
-    if cfg.get("limit") is not None:
-        refs = refs[: int(cfg["limit"])]
+    if cfg.limit is not None:
+        refs = refs[: cfg.limit]
     plan = make_plan(cfg, refs, world)
     check_plan(out_dir, plan)
-    device = _device(str(cfg.get("device", "auto")), local_rank)
-    model, _ = load_teacher(teacher["variant"], teacher.get("checkpoint"), img_size, device)
+    device = _device(cfg.device, local_rank)
+    model, _ = load_teacher(teacher.variant, teacher.checkpoint, img_size, device)
     for stale in out_dir.glob(f".shard-r{rank:03d}-*.tmp"):  # half-written shards of a killed run
         stale.unlink()
 
@@ -180,13 +191,13 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     done_inputs = sum(len(idx) for c, idx in enumerate(chunks)) - sum(len(idx) for _, idx in todo)
     flat = [i for _, idx in todo for i in idx]
     data = _Prepared([refs[i] for i in flat], img_size, plan["jpeg_quality"], source["kind"] == "sa1b")
-    loader = DataLoader(data, batch_size=int(cfg["batch_size"]), num_workers=int(cfg["num_workers"]), collate_fn=list)
+    loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=list)
     bar = tqdm(
         total=done_inputs + len(flat),
         initial=done_inputs,
         unit="img",
         desc=f"rank {rank}",
-        disable=not cfg.get("progress", True),
+        disable=not cfg.progress,
     )
     written = skipped = 0
     pending = iter(todo)
@@ -210,8 +221,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 if LOW_RES_KEY in s:
                     sample[LOW_RES_KEY] = s[LOW_RES_KEY]
                     sink.low_res += 1
-                sink.writer.write(sample | encode_embedding(emb_of[s["key"]], encoding))
-                sink.keys.append(s["key"])
+                sink.write(sample | encode_embedding(emb_of[s["key"]], encoding))
                 written += 1
             left -= 1
             if left == 0:

@@ -103,13 +103,28 @@ def raw_samples(path: str) -> Iterator[dict[str, Any]]:
         yield current
 
 
+def counted_samples(shard: Shard) -> Iterator[dict[str, Any]]:
+    """`raw_samples` of a shard, refusing one whose sample count differs from the manifest's once it has been read
+    to its end (a shard cut at a member boundary reads cleanly otherwise: its last samples are simply gone)."""
+    n = 0
+    for sample in raw_samples(shard.path):
+        n += 1
+        yield sample
+    if n != shard.count:
+        raise ShardFormatError(
+            f"{shard.path} holds {n} samples but dataset.json says {shard.count}: the shard was cut or replaced. "
+            "Run scripts/verify_shards.py on the folder, then delete that shard and its .json record and rerun the "
+            "precompute (it redoes exactly that chunk)"
+        )
+
+
 def _share_samples(share: list[tuple], slot: int, n_slots: int, skip: int) -> Iterator[dict[str, Any]]:
     """Raw samples of a slot's share, after skipping the first `skip` of them (whole shards are skipped unread)."""
     for sh, start, kept in share:
         if skip >= kept:
             skip -= kept
             continue
-        stream = raw_samples(sh.path)
+        stream = counted_samples(sh)
         if start is not None:
             stream = (s for i, s in enumerate(stream, start) if i % n_slots == slot)
         yield from islice(stream, skip, None)

@@ -1,4 +1,5 @@
-"""Checks a shard directory against its manifest: every shard readable, counts, keys and shapes as declared."""
+"""Checks a shard directory against its manifest: every shard readable and unchanged since it was committed (sha256,
+and each sample's crc32 from its record), counts, keys and shapes as declared."""
 
 from __future__ import annotations
 
@@ -7,11 +8,24 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mobilesam.files import sha256_file
+
 from .batch import SampleDecoder
 from .codec import ShardFormatError, as_bytes
 from .low_res import LOW_RES_KEY, decode_low_res
-from .manifest import read_manifest
+from .manifest import read_manifest, sample_crc32
 from .stream import raw_samples
+
+
+def _recorded_crc32(root: Path, shard: str) -> dict[str, int]:
+    """The per-sample crc32 the shard's commit record holds ({} for shards made before records had them)."""
+    rec = root / (Path(shard).stem + ".json")
+    if not rec.is_file():
+        return {}
+    try:
+        return {str(k): int(v) for k, v in (json.loads(rec.read_text()).get("crc32") or {}).items()}
+    except (ValueError, AttributeError):
+        return {}
 
 
 def verify_shards(root: str | os.PathLike, decode: bool = True, max_errors: int = 20) -> dict[str, Any]:
@@ -35,11 +49,16 @@ def verify_shards(root: str | os.PathLike, decode: bool = True, max_errors: int 
         if not path.is_file():
             errors.append(f"{sh['name']}: missing")
             continue
+        crcs = _recorded_crc32(root, sh["name"])
+        if sh.get("sha256") and sha256_file(path) != sh["sha256"]:
+            errors.append(f"{sh['name']}: its bytes changed since it was committed (sha256 differs from dataset.json)")
         n = 0
         try:
             for raw in raw_samples(str(path)):
                 n += 1
                 key = raw["__key__"]
+                if key in crcs and sample_crc32(raw) != crcs[key]:
+                    errors.append(f"{sh['name']}: sample {key} changed since it was written (crc32 of its members)")
                 if key in seen:
                     errors.append(f"{sh['name']}: key {key} also in {seen[key]}")
                 seen[key] = sh["name"]

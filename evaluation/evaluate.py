@@ -68,7 +68,7 @@ class Scorer:
 
     @torch.no_grad()
     def embed(self, batch: list[dict[str, Any]]) -> tuple[Tensor, Tensor | None]:
-        """Student embeddings of the batch as training computes them (`train.module.normalize` on the zero-padded
+        """Student embeddings of the batch as training computes them (`transforms.normalize` on the zero-padded
         uint8 batch), and the teacher's: stored (shards), computed (labelled data with a teacher), or None."""
         s = self.img_size
         images = torch.zeros(len(batch), 3, s, s, dtype=torch.uint8)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .files import atomic_write, write_json
+from .files import atomic_write, require_file, write_json
 from .variants import (
     DEFAULT_IMG_SIZE,
     VARIANTS,
@@ -76,13 +76,12 @@ def load_file(path: str | os.PathLike) -> Any:
 
     A file that holds other objects is refused: unpickling it could run code.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist. Get the official MobileSAM weights (weights/mobile_sam.pt at "
-            "https://github.com/ChaoningZhang/MobileSAM) or SAM's (sam_vit_h_4b8939.pth ...), or train one with "
-            "`python train.py`"
-        )
+    path = require_file(
+        path,
+        "checkpoint",
+        "Get the official MobileSAM weights (weights/mobile_sam.pt at https://github.com/ChaoningZhang/MobileSAM) or "
+        "SAM's (sam_vit_h_4b8939.pth ...), or train one with `python train.py`",
+    )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

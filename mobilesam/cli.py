@@ -1,4 +1,4 @@
-"""The `mobilesam` console command: `predict`, `info`, `export`, `everything`."""
+"""The `mobilesam` console command: `predict`, `info`, `export`, `everything`, `demo`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ def _point_set(text: str) -> list[list[float]]:
     return [_floats(p, 2, "point") for p in text.split(";")]
 
 
+def _label_set(text: str) -> list[int]:
+    """'1' or '1;0' (the labels of one object's points): 1 positive, 0 negative."""
+    try:
+        labels = [int(v) for v in text.split(";")]
+    except ValueError:
+        labels = []
+    if not labels or any(v not in (0, 1) for v in labels):
+        raise argparse.ArgumentTypeError(f"labels {text!r} must be 1 (positive) or 0 (negative), joined with ';'")
+    return labels
+
+
 def _box(text: str) -> list[float]:
     return _floats(text, 4, "box")
 
@@ -43,6 +54,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--labels",
         nargs="+",
+        type=_label_set,
         default=None,
         metavar="L[;L]",
         help="labels nested like --points (1 positive, 0 negative); default all positive",
@@ -58,18 +70,11 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from .facade import SAM
-    from .io import ImageReadError
-    from .prompts import PromptError
 
-    # N objects x K points x 2, labels N x K: parse_points reads this nesting directly
-    labels = [[int(v) for v in group.split(";")] for group in args.labels] if args.labels else None
     model = SAM(args.checkpoint, device=args.device, img_size=args.img_size)
-    try:
-        (result,) = model.predict(
-            args.image, points=args.points, labels=labels, bboxes=args.boxes, multimask_output=args.multimask
-        )
-    except (PromptError, ImageReadError) as e:
-        raise SystemExit(f"error: {e}") from e
+    (result,) = model.predict(
+        args.image, points=args.points, labels=args.labels, bboxes=args.boxes, multimask_output=args.multimask
+    )
     out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + "_masks.png")
     result.save(out)
     for i, (score, box, mask) in enumerate(zip(result.scores, result.boxes, result.masks)):
@@ -103,35 +108,27 @@ def _run_everything(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from PIL import Image
-
     from .everything import SamAutomaticMaskGenerator
     from .everything.regions import mask_areas
     from .facade import SAM
     from .files import atomic_write
-    from .io import ImageReadError, load_image
-    from .viz import overlay
+    from .io import load_image
+    from .viz import overlay, save_picture
 
-    try:
-        image = load_image(args.image)
-    except ImageReadError as e:
-        raise SystemExit(f"error: {e}") from e
+    image = load_image(args.image)
     sam = SAM(args.checkpoint, device=args.device, img_size=args.img_size)
-    try:
-        generator = SamAutomaticMaskGenerator(
-            sam.model,
-            points_per_side=args.points_per_side,
-            points_per_batch=args.points_per_batch,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_score_thresh,
-            box_nms_thresh=args.box_nms_thresh,
-            crop_n_layers=args.crop_n_layers,
-            min_mask_region_area=args.min_mask_region_area,
-            output_mode="coco_rle" if args.json else "binary_mask",
-            predictor=sam.predictor,
-        )
-    except (ValueError, ImportError) as e:
-        raise SystemExit(f"error: {e}") from e
+    generator = SamAutomaticMaskGenerator(
+        sam.model,
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        crop_n_layers=args.crop_n_layers,
+        min_mask_region_area=args.min_mask_region_area,
+        output_mode="coco_rle" if args.json else "binary_mask",
+        predictor=sam.predictor,
+    )
     start = time.perf_counter()
     found = generator.generate_masks(image)
     seconds = time.perf_counter() - start
@@ -141,7 +138,7 @@ def _run_everything(args: argparse.Namespace) -> int:
     by_area = torch.argsort(areas, descending=True, stable=True)
     out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + "_everything.png")
     picture = overlay(image, found.masks[by_area].numpy())
-    atomic_write(out, lambda f: picture.save(f, format=Image.registered_extensions().get(out.suffix.lower(), "PNG")))
+    save_picture(picture, out)
     print(f"{len(found)} masks in {seconds:.1f} s ({image.shape[1]}x{image.shape[0]} image, {sam.device})")
     for i in by_area[:10].tolist():
         x1, y1, x2, y2 = (int(v) for v in found.boxes[i])
@@ -207,34 +204,58 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
     from .export import export
 
-    try:
-        written = export(
-            args.source,
-            args.out,
-            onnx=args.onnx,
-            opset=args.opset,
-            quantize=args.quantize,
-            img_size=args.img_size,
-            single_mask=args.single_mask,
-        )
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
+    written = export(
+        args.source,
+        args.out,
+        onnx=args.onnx,
+        opset=args.opset,
+        quantize=args.quantize,
+        img_size=args.img_size,
+        single_mask=args.single_mask,
+    )
     for role, path in written.items():
         print(f"{role:<13}{path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="weights file (default: the newest outputs/demo/*/mobile_sam.pt, else random)",
+    )
+    p.add_argument("--encoder", default=None, help="an exported encoder (.onnx, or .pte through mobilesam.deploy)")
+    p.add_argument("--decoder", default=None, help="the exported decoder that goes with --encoder")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument(
+        "--img-size", type=int, default=None, help="input size (default: the checkpoint's sidecar, else 1024)"
+    )
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import load_backend
+    from .demo.app import serve  # ImportError names the extra (mobilesam[demo])
+
+    backend = load_backend(args.checkpoint, args.encoder, args.decoder, device=args.device, img_size=args.img_size)
+    print(f"mobilesam demo: {backend.description}; open http://{args.host}:{args.port}")
+    serve(backend, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilesam", description="MobileSAM and SAM from the command line")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "predict": ("segment prompted objects and write an overlay PNG", _add_predict, _run_predict),
         "info": ("describe a checkpoint and check that it loads strictly", _add_info, _run_info),
         "export": ("write the official weights file and, with --onnx, ONNX graphs", _add_export, _run_export),
         "everything": ("segment everything in an image and write an overlay PNG", _add_everything, _run_everything),
+        "demo": ("serve the interactive web demo (needs mobilesam[demo])", _add_demo, _run_demo),
     }
     for name, (help, add, run) in commands.items():
         p = sub.add_parser(name, help=help, description=help)
@@ -243,10 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(e: BaseException) -> str:
+    """What the command prints for an error: `error: ` and its message (the kind of error named where the message
+    alone would not say it, e.g. a KeyError)."""
+    text = str(e).strip() or type(e).__name__
+    if not isinstance(e, (ValueError, OSError, RuntimeError)):
+        text = f"{type(e).__name__}: {text}"
+    return f"error: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs a subcommand. Any error ends in one `error: ...` line on stderr and exit code 1 (`--debug`: the
+    traceback instead)."""
     args = build_parser().parse_args(argv)
-    with torch.no_grad():
-        return int(args.run(args) or 0)
+    try:
+        with torch.no_grad():
+            return int(args.run(args) or 0)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        if args.debug:
+            raise
+        print(error_line(e) + " (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

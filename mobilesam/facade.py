@@ -20,7 +20,7 @@ from .many_prompts import predict_many
 from .mask_ops import masks_to_boxes
 from .predictor import SamPredictor
 from .prompts import PromptError, check_inside, parse_prompts
-from .viz import overlay
+from .viz import overlay, save_picture
 
 
 @dataclass
@@ -56,11 +56,8 @@ class Results:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Writes `plot()` to an image file (PNG recommended)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.plot().save(path)
-        return path
+        """Writes `plot()` to an image file, in the format of its extension (`.png`, fast; `.jpg`, smaller)."""
+        return save_picture(self.plot(), path)
 
 
 class SAM:

@@ -53,3 +53,21 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Pat
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Writes `data` atomically."""
     return atomic_write(path, lambda f: f.write(data))
+
+
+def require_file(path: str | os.PathLike, what: str, hint: str = "") -> Path:
+    """`path` when it is a file; else an error that says what is there instead and what was expected.
+
+    Args:
+        what: what the file should be ("checkpoint", "image"), used in the message.
+        hint: appended to the message of a missing file (where to get one).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise IsADirectoryError(f"{what} {path} is a directory; give the path of {article} {what} file inside it")
+    if path.exists():
+        raise FileNotFoundError(f"{what} {path} is not a regular file (a device, socket or fifo)")
+    raise FileNotFoundError(f"{what} {path} does not exist" + (f". {hint}" if hint else ""))

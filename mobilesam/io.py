@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .files import require_file
 
 # torch is not imported here: the ONNX runtime predictor reads images with this module and runs without PyTorch.
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, "torch.Tensor"]  # noqa: F821, UP007
@@ -85,14 +86,20 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
 def load_image(source: ImageSource) -> np.ndarray:
     """A path, PIL image, HxWxC array or CxHxW / HxWxC uint8 tensor -> HxWx3 uint8 RGB array."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ImageReadError(f"image {path} does not exist")
+        try:
+            path = require_file(source, "image")
+        except OSError as e:
+            raise ImageReadError(str(e)) from e
         try:
             with Image.open(path) as im:
                 im = ImageOps.exif_transpose(im)
                 im.load()
                 return pil_to_rgb(im)
+        except Image.DecompressionBombError as e:
+            raise ImageReadError(
+                f"refusing to decode image {path}: {e}. Pillow's limit (Image.MAX_IMAGE_PIXELS = "
+                f"{Image.MAX_IMAGE_PIXELS} pixels) guards against decompression bombs; raise it if you trust the file"
+            ) from e
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise ImageReadError(f"cannot read image {path}: {e}") from e
     if isinstance(source, Image.Image):

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .io import array_to_rgb
 from .modeling import Sam
-from .prompts import check_inside, check_point_shapes
+from .prompts import SAM_LABELS, check_box_order, check_finite, check_inside, check_labels, check_point_shapes
 from .transforms import ResizeLongestSide
 
 
@@ -132,6 +132,8 @@ class SamPredictor:
             if point_labels is not None:
                 point_labels = np.asarray(point_labels)
             check_point_shapes(point_coords, point_labels, batched=False)
+            check_finite(point_coords, "point_coords")
+            check_labels(point_labels, SAM_LABELS)
             check_inside(point_coords, self.original_size, "point")
             coords = torch.as_tensor(
                 self.transform.apply_coords(point_coords, self.original_size), dtype=torch.float, device=self.device
@@ -141,6 +143,8 @@ class SamPredictor:
             box = np.asarray(box, dtype=float)
             if box.size != 4:
                 raise ValueError(f"box must hold 4 values [x1, y1, x2, y2], got shape {box.shape}")
+            check_finite(box, "box")
+            check_box_order(box)
             check_inside(box.reshape(2, 2), self.original_size, "box corner")
             boxes = torch.as_tensor(
                 self.transform.apply_boxes(box, self.original_size), dtype=torch.float, device=self.device
@@ -177,9 +181,14 @@ class SamPredictor:
         points = None
         if point_coords is not None:
             check_point_shapes(point_coords, point_labels, batched=True)
+            check_finite(point_coords, "point_coords")
+            check_labels(point_labels, SAM_LABELS)
             points = (point_coords, point_labels)
-        if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
-            raise ValueError(f"boxes must be Bx4, got {tuple(boxes.shape)}")
+        if boxes is not None:
+            if boxes.ndim != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f"boxes must be Bx4, got {tuple(boxes.shape)}")
+            check_finite(boxes, "boxes")
+            check_box_order(boxes)
         if mask_input is not None:
             want = self.model.prompt_encoder.mask_input_size
             if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != (1, *want):

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # not imported at run time: the ONNX runtime predictor parses prompts without PyTorch
-    import torch
     from torch import Tensor
 
 
@@ -29,9 +28,40 @@ def _array(value: Any, name: str) -> np.ndarray:
         a = np.asarray(value, dtype=np.float64)
     except (ValueError, TypeError) as e:
         raise PromptError(f"{name} must be numbers in nested lists of equal length: {e}") from e
-    if not np.isfinite(a).all():
-        raise PromptError(f"{name} holds NaN or infinite values: {value!r}")
+    check_finite(a, name)
     return a
+
+
+# Point labels SAM's prompt encoder defines: -1 padding, 0 negative, 1 positive, 2 / 3 a box's two corners
+SAM_LABELS = (-1, 0, 1, 2, 3)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.detach().float().cpu().numpy() if _is_tensor(value) else np.asarray(value, dtype=np.float64)
+
+
+def check_finite(values: Any, name: str) -> None:
+    """Refuses NaN or infinite coordinates (they would give NaN scores or silent masks)."""
+    a = _numpy(values)
+    if not np.isfinite(a).all():
+        bad = a.reshape(-1)[~np.isfinite(a.reshape(-1))][0]
+        raise PromptError(f"{name} holds NaN or infinite values ({bad} among {a.size}); give finite pixel coordinates")
+
+
+def check_labels(labels: Any, allowed: Sequence[int] = (0, 1)) -> None:
+    """Refuses point labels outside `allowed` (the facade: 1 positive, 0 negative; the predictor: SAM's labels)."""
+    lab = _numpy(labels)
+    if not np.isin(lab, allowed).all():
+        found = sorted({int(v) if float(v).is_integer() else float(v) for v in lab.ravel().tolist()} - set(allowed))
+        names = "1 (positive) or 0 (negative)" if tuple(allowed) == (0, 1) else f"one of {list(allowed)}"
+        raise PromptError(f"labels must be {names}, got {found}")
+
+
+def check_box_order(boxes: Any) -> None:
+    """Refuses boxes that are not [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2 (...x4)."""
+    b = _numpy(boxes).reshape(-1, 4)
+    if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
+        raise PromptError(f"each box must be [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2, got {b.tolist()}")
 
 
 def parse_points(points: Any, labels: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +90,7 @@ def parse_points(points: Any, labels: Any = None) -> tuple[np.ndarray, np.ndarra
             f"(shape {lab.shape}); give one label per point, nested like the points"
         )
     lab = lab.reshape(pts.shape[:2])
-    if not np.isin(lab, (0, 1)).all():
-        raise PromptError(f"labels must be 1 (positive) or 0 (negative), got {sorted(set(lab.ravel().tolist()))}")
+    check_labels(lab)
     return pts, lab.astype(np.int64)
 
 
@@ -72,8 +101,7 @@ def parse_boxes(boxes: Any) -> np.ndarray:
         b = b[None]
     if b.ndim != 2 or b.shape[-1] != 4 or b.shape[0] == 0:
         raise PromptError(f"bboxes has shape {np.shape(b)}; use [x1, y1, x2, y2] or a list of such boxes")
-    if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
-        raise PromptError(f"each box must be [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2, got {b.tolist()}")
+    check_box_order(b)
     return b
 
 
@@ -118,10 +146,3 @@ def check_point_shapes(coords: Tensor | np.ndarray, labels: Tensor | np.ndarray 
     if len(cs) != want or cs[-1] != 2 or ls != cs[:-1]:
         form = "BxNx2 and BxN" if batched else "Nx2 and N"
         raise PromptError(f"point_coords has shape {cs} but point_labels has shape {ls}; expected {form}")
-
-
-def to_tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
-    """`a` as a tensor on `device` (float32 unless `dtype` says otherwise)."""
-    import torch
-
-    return torch.as_tensor(a, dtype=dtype or torch.float32, device=device)

@@ -54,8 +54,8 @@ def _saved_bytes(fn, *args: Any) -> tuple[Any, int]:
 
 
 def _module(mode: str, init: Path, img_size: int, prompts: int, rounds: int):
+    from train.distill import DistillModule
     from train.finetune import FinetuneMasksModule
-    from train.module import DistillModule
 
     opt = {"_target_": "torch.optim.AdamW", "lr": 1e-4}
     common = {"img_size": img_size, "init": str(init), "optimizer": opt, "scheduler": None}

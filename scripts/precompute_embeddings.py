@@ -14,8 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from train.entry import one_line_errors  # noqa: E402
+
 
 @hydra.main(config_path=str(ROOT / "configs"), config_name="precompute", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     from data.precompute import run
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,9 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     from mobilesam.checkpoint import save_state_dict
     from tests.helpers import perturb_
 
-    model = perturb_(build_sam("vit_t", img_size=256), seed=1)
+    with torch.random.fork_rng():  # the same weights whatever ran before (test order must not change numbers)
+        torch.manual_seed(0)
+        model = perturb_(build_sam("vit_t", img_size=256), seed=1)
     path = tmp_path_factory.mktemp("ckpt") / "small_mobile_sam.pt"
     save_state_dict(model.state_dict(), path, meta={"img_size": 256, "variant": "vit_t"})
     return path
@@ -46,3 +49,37 @@ def vit_t_pair():
     ours = build_sam("vit_t")
     ours.load_state_dict(official.state_dict(), strict=True)
     return official, ours
+
+
+# The training and evaluation tests share these (session scope: made once per run)
+IMG_SIZE = 256
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random (seeded, perturbed) SAM vit_t at 256: fast to run, and its decoder joins the student."""
+    from mobilesam import build_sam
+    from mobilesam.checkpoint import save_state_dict
+    from tests.helpers import perturb_
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        sam = perturb_(build_sam("vit_t", img_size=IMG_SIZE), seed=11)
+    return save_state_dict(sam.state_dict(), tmp_path_factory.mktemp("teacher") / "teacher_sam_vit_t.pth")
+
+
+@pytest.fixture(scope="session")
+def train_shards(teacher_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 generated SA-1B images in shards of 4, embedded by `teacher_file` at 256."""
+    from data.demo import ensure_demo_shards
+
+    teacher = {"variant": "vit_t", "checkpoint": str(teacher_file), "precision": "fp32"}
+    return ensure_demo_shards(
+        tmp_path_factory.mktemp("shards") / "s",
+        n_tars=2,
+        images_per_tar=8,
+        image_size=(120, 160),
+        img_size=IMG_SIZE,
+        shard_size=4,
+        teacher=teacher,
+    )

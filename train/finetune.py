@@ -13,16 +13,16 @@ from torch import Tensor
 
 from mobilesam.protocol import PROMPT_TYPES, build_prompts, decode
 
+from .base import SamModule
 from .losses import mask_ious, sam_losses, valid_cells
-from .module import DistillModule
-from .prompts import PromptBatch, corrective_points, initial_prompts
+from .prompts import PromptBatch, PromptSampler
 
 log = logging.getLogger(__name__)
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 
-class FinetuneMasksModule(DistillModule):
+class FinetuneMasksModule(SamModule):
     """Fine-tunes the whole SAM (`self.sam`, checkpoint keys `sam.*`) on ground-truth masks.
 
     Each step, for every image of the batch: `prompts_per_image` of its masks get a noisy box or a point inside
@@ -30,7 +30,7 @@ class FinetuneMasksModule(DistillModule):
     (positive where the mask was missed, negative where it spilled over), with the previous logits as mask input,
     as SAM's interactive training does. Every round is supervised with SAM's loss (`train.losses.sam_losses`).
 
-    Args (beyond `DistillModule`'s; `init` is the `mobile_sam.pt` to start from, and its decoder is used):
+    Args (beyond `SamModule`'s; `init` is the `mobile_sam.pt` to start from, and its decoder is used):
         freeze: parts that do not train, among "image_encoder", "prompt_encoder", "mask_decoder". Frozen parts get
             requires_grad False and stay in eval mode (BatchNorm keeps its statistics). With a frozen image
             encoder the encoder never runs: the embeddings stored in the shards (made by this same model) are used.
@@ -71,8 +71,9 @@ class FinetuneMasksModule(DistillModule):
             raise ValueError(f"model.freeze={freeze} leaves nothing to train; drop one part from the list")
         if not kwargs.get("init"):
             raise ValueError("fine-tuning starts from a model: set model.init=mobile_sam.pt")
-        if prompts_per_image < 1 or refine_rounds < 0:
-            raise ValueError(f"prompts_per_image={prompts_per_image} must be >= 1, refine_rounds={refine_rounds} >= 0")
+        self.sampler = PromptSampler(
+            prompts_per_image, box_fraction, box_noise, box_noise_max, refine_rounds, distinct=True
+        )
         self._freeze = freeze
         kwargs.setdefault("decoder_from", "init")
         kwargs.setdefault("bn_train", False)
@@ -80,11 +81,7 @@ class FinetuneMasksModule(DistillModule):
         super().__init__(**kwargs)
         self.hparams.update(
             freeze=freeze,
-            prompts_per_image=prompts_per_image,
-            box_fraction=box_fraction,
-            box_noise=box_noise,
-            box_noise_max=box_noise_max,
-            refine_rounds=refine_rounds,
+            **self.sampler.settings(),
             mask_input=mask_input,
             focal_weight=focal_weight,
             dice_weight=dice_weight,
@@ -160,37 +157,34 @@ class FinetuneMasksModule(DistillModule):
         masks, boxes = masks[keep], boxes[keep]
         size = (int(batch["size"][i, 0]), int(batch["size"][i, 1]))
         valid = valid_cells(size, masks.shape[-1], hp.img_size, masks.device)
-        total, terms, first, last = embedding.new_zeros(()), 0, [], []
         if len(masks) == 0:
-            return total, 0, embedding.new_zeros(0), embedding.new_zeros(0)
-        groups = initial_prompts(
-            masks, boxes, size, hp.img_size, hp.prompts_per_image, hp.box_fraction, hp.box_noise, hp.box_noise_max,
-            distinct=True,
-        )  # fmt: skip
-        for prompts in groups:
-            if len(prompts.source) == 0:
-                continue
+            return embedding.new_zeros(()), 0, embedding.new_zeros(0), embedding.new_zeros(0)
+        losses, first, last = [], [], []
+
+        def step(prompts: PromptBatch, previous: Tensor | None, r: int) -> tuple[Tensor, Tensor]:
             target = masks[prompts.source].float()
-            mask_input = None
-            for r in range(hp.refine_rounds + 1):
-                logits, iou_pred = self.decode(embedding, prompts, mask_input)
-                # SAM: one point is ambiguous, so its three candidates compete; otherwise the single output
-                cand = slice(1, 4) if prompts.boxes is None and prompts.coords.shape[1] == 1 else slice(0, 1)
-                logits, iou_pred = logits[:, cand].float(), iou_pred[:, cand]
-                loss, best, iou, _ = sam_losses(
-                    logits, iou_pred, target, valid, hp.focal_weight, hp.dice_weight, hp.iou_weight
-                )
-                total, terms = total + loss.sum(), terms + len(loss)
-                if r == 0:
-                    first.append(iou)
-                if r == hp.refine_rounds:
-                    last.append(iou)
-                    break
-                chosen = logits[torch.arange(len(best), device=logits.device), best].detach()
-                xy, label = corrective_points(chosen > 0, target > 0.5, valid, hp.img_size)
-                prompts = prompts.with_point(xy, label)
-                mask_input = chosen[:, None] if hp.mask_input else None
-        return total, terms, torch.cat(first), torch.cat(last)
+            mask_input = previous[:, None] if previous is not None and hp.mask_input else None
+            logits, iou_pred = self.decode(embedding, prompts, mask_input)
+            # SAM: one point is ambiguous, so its three candidates compete; otherwise the single output
+            cand = slice(1, 4) if prompts.boxes is None and prompts.coords.shape[1] == 1 else slice(0, 1)
+            logits, iou_pred = logits[:, cand].float(), iou_pred[:, cand]
+            loss, best, iou, _ = sam_losses(
+                logits, iou_pred, target, valid, hp.focal_weight, hp.dice_weight, hp.iou_weight
+            )
+            losses.append(loss)
+            if r == 0:
+                first.append(iou)
+            if r == self.sampler.refine_rounds:
+                last.append(iou)
+            return logits[torch.arange(len(best), device=logits.device), best], target > 0.5
+
+        for prompts in self.sampler.initial(masks, boxes, size, hp.img_size):
+            if len(prompts.source):
+                self.sampler.refine(prompts, valid, hp.img_size, step)
+        if not losses:
+            return embedding.new_zeros(()), 0, embedding.new_zeros(0), embedding.new_zeros(0)
+        total = torch.cat(losses)
+        return total.sum(), len(total), torch.cat(first), torch.cat(last)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         if "masks" not in batch:

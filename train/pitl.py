@@ -12,15 +12,15 @@ from torch import Tensor
 
 from mobilesam.protocol import Decoder, decode_all
 
+from .base import SamModule
 from .losses import bce_loss, dice_loss, mask_ious, valid_cells
-from .module import DistillModule
-from .prompts import PromptBatch, corrective_points, initial_prompts
+from .prompts import PromptBatch, PromptSampler
 
 
-class PromptInTheLoopModule(DistillModule):
+class PromptInTheLoopModule(SamModule):
     """Stage 2: the student's masks learn the teacher's, for sampled prompts refined where the two disagree.
 
-    Args (beyond `DistillModule`'s):
+    Args (beyond `SamModule`'s):
         prompts_per_image: objects prompted per image per step (drawn from the batch's ground-truth masks).
         box_fraction: share of box prompts (the rest are one positive point inside the mask).
         box_noise: box jitter, as a fraction of the box side (SAM: 0.1), at most `box_noise_max` pixels.
@@ -37,7 +37,7 @@ class PromptInTheLoopModule(DistillModule):
         box_fraction: float = 0.5,
         box_noise: float = 0.1,
         box_noise_max: float = 20.0,
-        refine_rounds: int = 1,
+        refine_rounds: int = 2,
         target: str = "soft",
         mask_weight: float = 1.0,
         embedding_weight: float = 1.0,
@@ -48,13 +48,10 @@ class PromptInTheLoopModule(DistillModule):
         if target not in ("soft", "binary"):
             raise ValueError(f"target={target!r}; use 'soft' (teacher probabilities) or 'binary' (teacher masks)")
         self._train_decoder = train_decoder
+        self.sampler = PromptSampler(prompts_per_image, box_fraction, box_noise, box_noise_max, refine_rounds)
         super().__init__(**kwargs)
         self.hparams.update(
-            prompts_per_image=prompts_per_image,
-            box_fraction=box_fraction,
-            box_noise=box_noise,
-            box_noise_max=box_noise_max,
-            refine_rounds=refine_rounds,
+            **self.sampler.settings(),
             target=target,
             mask_weight=mask_weight,
             embedding_weight=embedding_weight,
@@ -93,40 +90,30 @@ class PromptInTheLoopModule(DistillModule):
 
     def mask_loss(self, s_emb: Tensor, batch: dict[str, Any], i: int) -> tuple[Tensor, Tensor]:
         """Mask loss of image i over its prompts and refinement rounds: (loss, mean IoU of the last round)."""
-        hp = self.hparams
+        hp, sampler = self.hparams, self.sampler
         n = int(batch["num_masks"][i])
         size = (int(batch["size"][i, 0]), int(batch["size"][i, 1]))
         valid = valid_cells(size, batch["masks"].shape[-1], hp.img_size, s_emb.device)
-        groups = initial_prompts(
-            batch["masks"][i, :n],
-            batch["boxes"][i, :n],
-            size,
-            hp.img_size,
-            hp.prompts_per_image,
-            hp.box_fraction,
-            hp.box_noise,
-            hp.box_noise_max,
-        )
         t_emb = batch["embedding"][i : i + 1].float()
-        total, count, ious = s_emb.new_zeros(()), 0, []
-        for prompts in groups:
-            if len(prompts.source) == 0:
-                continue
-            for r in range(hp.refine_rounds + 1):
-                s, t = self._decode_pair(s_emb[i : i + 1], t_emb, prompts)
-                loss, iou = self._prompt_losses(s, t, valid)
-                if hp.hard_weighting:
-                    w = (1 - iou).detach() + 1e-3
-                    loss = loss * (w / w.mean())
-                total = total + loss.sum()
-                count += len(loss)
-                if r == hp.refine_rounds:
-                    ious.append(iou.detach())
-                    break
-                xy, label = corrective_points((s[:, 0] > 0).detach(), t[:, 0] > 0, valid, hp.img_size)
-                prompts = prompts.with_point(xy, label)
-        mean_iou = torch.cat(ious).mean() if ious else s_emb.new_ones(())
-        return total / max(count, 1), mean_iou
+        losses, ious = [], []
+
+        def step(prompts: PromptBatch, previous: Tensor | None, r: int) -> tuple[Tensor, Tensor]:
+            s, t = self._decode_pair(s_emb[i : i + 1], t_emb, prompts)
+            loss, iou = self._prompt_losses(s, t, valid)
+            if hp.hard_weighting:
+                w = (1 - iou).detach() + 1e-3
+                loss = loss * (w / w.mean())
+            losses.append(loss)
+            if r == sampler.refine_rounds:
+                ious.append(iou.detach())
+            return s[:, 0], t[:, 0] > 0  # the single-mask outputs: the student's is corrected toward the teacher's
+
+        for prompts in sampler.initial(batch["masks"][i, :n], batch["boxes"][i, :n], size, hp.img_size):
+            if len(prompts.source):
+                sampler.refine(prompts, valid, hp.img_size, step)
+        if not losses:
+            return s_emb.new_zeros(()), s_emb.new_ones(())
+        return torch.cat(losses).mean(), torch.cat(ious).mean()
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         if "masks" not in batch:

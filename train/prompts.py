@@ -3,6 +3,7 @@ points drawn from where two masks disagree (EdgeSAM's prompt-in-the-loop)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -129,3 +130,74 @@ def corrective_points(
     cells = torch.where(found[:, None], cells, fallback)
     label = teacher[torch.arange(len(cells), device=cells.device), cells[:, 0], cells[:, 1]]
     return cell_centres(cells, img_size / teacher.shape[-1]), label.int()
+
+
+@dataclass
+class PromptSampler:
+    """The prompt simulation of mask-level training (stage 2 and fine-tuning): which objects get a prompt, of
+    which kind, and the corrective rounds that follow.
+
+    Attributes:
+        prompts_per_image: objects prompted per image and step.
+        box_fraction: share of box prompts (the rest start from one positive point inside the mask).
+        box_noise, box_noise_max: box jitter, N(0, box_noise x side) per coordinate, at most this many pixels.
+        refine_rounds: corrective-point rounds after the first prediction.
+        distinct: each object at most once while the image has enough (see `initial_prompts`).
+    """
+
+    prompts_per_image: int = 16
+    box_fraction: float = 0.5
+    box_noise: float = 0.1
+    box_noise_max: float = 20.0
+    refine_rounds: int = 2
+    distinct: bool = False
+
+    def __post_init__(self) -> None:
+        if self.prompts_per_image < 1:
+            raise ValueError(f"model.prompts_per_image={self.prompts_per_image} must be >= 1")
+        if self.refine_rounds < 0:
+            raise ValueError(f"model.refine_rounds={self.refine_rounds} must be >= 0 (0: no corrective rounds)")
+        if not 0.0 <= self.box_fraction <= 1.0:
+            raise ValueError(f"model.box_fraction={self.box_fraction} must be within [0, 1]")
+
+    def settings(self) -> dict[str, float | int]:
+        """The sampler's options as the modules record them in their hyper-parameters."""
+        return {
+            k: getattr(self, k)
+            for k in ("prompts_per_image", "box_fraction", "box_noise", "box_noise_max", "refine_rounds")
+        }
+
+    def initial(
+        self, masks_low: Tensor, boxes: Tensor, size: tuple[int, int], img_size: int
+    ) -> tuple[PromptBatch, PromptBatch]:
+        """(box prompts, point prompts) for one image's ground-truth masks (see `initial_prompts`)."""
+        return initial_prompts(
+            masks_low, boxes, size, img_size, self.prompts_per_image, self.box_fraction, self.box_noise,
+            self.box_noise_max, distinct=self.distinct,
+        )  # fmt: skip
+
+    def refine(
+        self,
+        prompts: PromptBatch,
+        valid: Tensor,
+        img_size: int,
+        step: Callable[[PromptBatch, Tensor | None, int], tuple[Tensor, Tensor]],
+    ) -> None:
+        """The corrective-refinement loop: `refine_rounds + 1` predictions, each followed by a point where the
+        prediction and the target disagree (labelled by the target), as SAM's and EdgeSAM's training do.
+
+        Args:
+            prompts: the first round's prompts (P objects).
+            valid: (S/4)x(S/4) bool, the unpadded region.
+            step: `step(prompts, previous_logits, round) -> (logits, target)`: predicts and records its loss;
+                returns the Px(S/4)x(S/4) logits the next point corrects (the previous round's, detached, come back
+                as `previous_logits`: SAM's mask input) and the Px(S/4)x(S/4) bool target.
+        """
+        previous = None
+        for r in range(self.refine_rounds + 1):
+            logits, target = step(prompts, previous, r)
+            if r == self.refine_rounds:
+                return
+            previous = logits.detach()
+            xy, label = corrective_points(previous > 0, target, valid, img_size)
+            prompts = prompts.with_point(xy, label)

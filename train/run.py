@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -10,7 +11,10 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mobilesam.checkpoint import CheckpointError, is_lightning_checkpoint, load_file
+from mobilesam.device import choose_device
 
 from .callbacks import ExportMobileSam
 
@@ -28,9 +32,81 @@ def _resolve_ckpt(ckpt_path: str | None, out_dir: Path) -> str | None:
                 f"ckpt_path=last but {last} does not exist; rerun with hydra.run.dir=<the run folder to resume>"
             )
         return str(last)
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    return str(ckpt_path)
+    path = Path(ckpt_path)
+    if not path.is_file():
+        near = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
+        found = f"; the checkpoints in {path.parent} are {near}" if near else f" (no .ckpt file in {path.parent})"
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist{found}")
+    check_resumable(path)
+    return str(path)
+
+
+def check_resumable(path: Path) -> None:
+    """Refuses a `ckpt_path` that Lightning could not resume from, saying what the file is and what is wanted."""
+    try:
+        obj = load_file(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"ckpt_path: {e}. Resume from another checkpoint (e.g. checkpoints/last.ckpt)") from e
+    if not is_lightning_checkpoint(obj):
+        raise CheckpointError(
+            f"ckpt_path={path} is not a Lightning training checkpoint (it holds {type(obj).__name__}, e.g. an exported "
+            "mobile_sam.pt): ckpt_path resumes a run from checkpoints/last.ckpt; to start from a mobile_sam.pt, "
+            "set model.init=PATH instead"
+        )
+
+
+def place_trainer(trainer_cfg: DictConfig) -> DictConfig:
+    """The one device rule for training: `accelerator: auto` (or `gpu`) takes the GPU when there is one and the
+    CPU otherwise, with a one-line notice; half precision (bf16/fp16) is kept only on a GPU.
+
+    Returns a copy of `trainer_cfg` with `accelerator` (and, on the CPU, `precision`) made explicit.
+    """
+    trainer_cfg = trainer_cfg.copy()
+    asked = str(trainer_cfg.get("accelerator", "auto"))
+    if asked not in ("auto", "gpu", "cuda"):
+        return trainer_cfg  # "cpu", "mps", ...: as asked
+    on_gpu = choose_device("auto").type == "cuda"
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    with open_dict(trainer_cfg):
+        trainer_cfg.accelerator = "gpu" if on_gpu else "cpu"
+        if not on_gpu:
+            half = "16" in precision and not precision.startswith("32")
+            trainer_cfg.precision = "32-true" if half else precision
+            strategy = str(trainer_cfg.get("strategy", "auto"))
+            print(
+                f"no GPU found: training on the CPU (trainer.accelerator={asked} -> cpu"
+                + (f", precision {precision} -> 32-true" if half else "")
+                + (
+                    f", strategy {strategy} on {trainer_cfg.get('devices', 1)} CPU process(es)"
+                    if "ddp" in strategy
+                    else ""
+                )
+                + ")"
+            )
+    return trainer_cfg
+
+
+def wandb_online_ok() -> bool:
+    """True when wandb can log online: an API key in the environment or in ~/.netrc (what `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def place_loggers(logger_cfg: DictConfig | None) -> DictConfig | None:
+    """wandb asked to log online without credentials falls back to offline with a one-line notice (instead of an
+    error deep inside the first logging call); sync later with `wandb sync`."""
+    if not logger_cfg:
+        return logger_cfg
+    logger_cfg = logger_cfg.copy()
+    for name, c in logger_cfg.items():
+        if c is not None and "WandbLogger" in str(c.get("_target_", "")) and c.get("offline") is False:
+            if not wandb_online_ok():
+                print(f"logger.{name}: no wandb credentials (WANDB_API_KEY or `wandb login`): logging offline instead")
+                with open_dict(c):
+                    c.offline = True
+    return logger_cfg
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -53,8 +129,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     export = ExportMobileSam(str(out_dir), config=resolved)
     callbacks.append(export)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    loggers = [instantiate(c) for c in (place_loggers(cfg.get("logger")) or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(place_trainer(cfg.trainer), callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), out_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

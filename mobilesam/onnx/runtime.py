@@ -17,7 +17,7 @@ from PIL import Image
 from ..io import ImageSource, load_image
 from ..prompts import PromptError, check_inside, parse_prompts
 from ..transforms import ResizeLongestSide, resize_image
-from ..viz import overlay
+from ..viz import overlay, save_picture
 
 MASK_THRESHOLD = 0.0
 
@@ -62,11 +62,8 @@ class OnnxResults:
         return overlay(self.orig_img, self.masks, boxes=self.boxes, points=p.get("points"), labels=p.get("labels"))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Writes `plot()` to an image file (PNG recommended)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.plot().save(path)
-        return path
+        """Writes `plot()` to an image file, in the format of its extension (`.png`, fast; `.jpg`, smaller)."""
+        return save_picture(self.plot(), path)
 
 
 class Embedding(NamedTuple):

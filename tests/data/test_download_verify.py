@@ -114,3 +114,44 @@ def test_demo_data_config_builds_its_shards_and_yields_batches(tmp_path: Path) -
     val = next(iter(dm.val_dataloader()))
     assert val["masks"].shape[1:] == (4, 64, 64)  # the validation metric's masks
     assert verify_shards(tmp_path / "demo")["ok"]
+
+
+def test_flipped_embedding_bytes_are_caught_and_named(shards: Path, tmp_path: Path) -> None:
+    from data.stream import raw_samples
+
+    bad = tmp_path / "rot"
+    shutil.copytree(shards, bad)
+    victim = bad / "shard-r000-000000.tar"
+    sample = next(raw_samples(str(victim)))
+    emb = sample["emb.npy"]
+    data = bytearray(victim.read_bytes())
+    data[emb.offset + emb.size // 2] ^= 0xFF  # one byte inside the stored embedding: the tar stays well-formed
+    victim.write_bytes(bytes(data))
+    errors = verify_shards(bad, decode=True)["errors"]
+    assert any("shard-r000-000000.tar: its bytes changed" in e for e in errors)
+    assert any(f"sample {sample['__key__']} changed since it was written" in e for e in errors)
+    assert len(errors) == 2  # nothing else is wrong
+
+
+def test_a_shard_cut_at_a_member_boundary_is_refused_by_the_loader(shards: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    from data.codec import ShardFormatError
+    from data.datamodule import ShardDataModule
+
+    bad = tmp_path / "cut"
+    shutil.copytree(shards, bad)
+    victim = bad / "shard-r000-000000.tar"
+    with tarfile.open(victim) as tf:
+        members = tf.getmembers()
+    keep = [m for m in members if not m.name.startswith(members[-1].name.split(".")[0])]  # drop the last sample
+    with tarfile.open(victim) as src, tarfile.open(tmp_path / "short.tar", "w") as dst:
+        for m in keep:
+            dst.addfile(m, src.extractfile(m))
+    shutil.move(tmp_path / "short.tar", victim)
+    dm = ShardDataModule(bad, batch_size=2, num_workers=0, val_fraction=0.0)
+    dm.setup("fit")
+    with pytest.raises(ShardFormatError, match=r"shard-r000-000000.tar holds \d+ samples but dataset.json says 3"):
+        for _ in range(4):  # two epochs over 12 samples: the cut shard is read to its end
+            for _ in dm.train_dataloader():
+                pass

@@ -19,6 +19,7 @@ from data.codec import ShardFormatError, as_bytes
 from data.low_res import LOW_RES_KEY, decode_low_res, encode_low_res
 from data.manifest import read_manifest
 from data.stream import Shard, ShardStream, raw_samples
+from data.verify import verify_shards
 
 
 def _strip(src: Path, dest: Path) -> Path:
@@ -36,6 +37,10 @@ def _strip(src: Path, dest: Path) -> Path:
         with wds.TarWriter(str(path), encoder=False) as w:
             for s in samples:
                 w.write(s)
+        # records and manifest as an older precompute left them: hashes of the shards without the member
+        record = path.with_suffix(".json")
+        sh["sha256"] = add_low_res._sync_record(str(path), record, json.loads(record.read_text()), 0)
+    (dest / "dataset.json").write_text(json.dumps(m))
     return dest
 
 
@@ -116,6 +121,9 @@ def test_add_low_res_masks_is_atomic_resumable_and_equals_the_precompute(
     assert _members(old) == _members(shards)
     assert read_manifest(old)["low_res_masks"] == read_manifest(shards)["low_res_masks"]
     assert add_low_res_masks(old)["rewritten"] == 0  # done: a rerun leaves every shard alone
+    assert verify_shards(old)["ok"]  # hashes and crc32 records follow the rewritten shards
+    # (the tars' own bytes differ from the precompute's by their headers' times, so the sha256 are their own)
+    assert all(sh["sha256"] == add_low_res.sha256_file(old / sh["name"]) for sh in read_manifest(old)["shards"])
     assert {k: {e: v for e, v in s.items() if e != LOW_RES_KEY} for k, s in _members(old).items()} == before
 
 

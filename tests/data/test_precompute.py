@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def test_shards_hold_resized_jpeg_teacher_embedding_and_json(shards: Path, sa1b_
 def _precompute_cmd(tars: Path, out: Path, **kw) -> list[str]:
     cfg = precompute_config(tars, out, shard_size=2, batch_size=1, **kw)
     code = "import json, sys; from data.precompute import run; run(json.loads(sys.argv[1]))"
-    return [sys.executable, "-c", code, json.dumps(cfg)]
+    return [sys.executable, "-c", code, json.dumps(cfg.to_dict())]
 
 
 def test_sigkill_mid_run_then_resume_gives_every_input_once(
@@ -99,16 +100,16 @@ def test_sigkill_mid_run_then_resume_gives_every_input_once(
 def test_two_ranks_write_disjoint_shards_that_cover_every_input(sa1b_tars: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "ranks"
     cfg = precompute_config(sa1b_tars[0].parent, out, shard_size=2, world_size=2, limit=6)
-    first = run(cfg | {"rank": 1})
+    first = run(cfg.replace(rank=1))
     assert first["manifest"] is None  # rank 0 not done yet
-    second = run(cfg | {"rank": 0})
+    second = run(cfg.replace(rank=0))
     assert second["manifest"] is not None
     m = read_manifest(out)
     by_rank = {r: {k for s in m["shards"] if s["rank"] == r for k in shard_keys(out / s["name"])} for r in (0, 1)}
     assert by_rank[0].isdisjoint(by_rank[1]) and len(by_rank[0]) == len(by_rank[1]) == 3
     assert by_rank[0] | by_rank[1] == {"sa_1", "sa_10", "sa_11", "sa_12", "sa_2", "sa_3"}  # the first 6 keys
     with pytest.raises(ManifestError, match="world_size"):  # resuming with other settings is refused
-        run(cfg | {"rank": 0, "world_size": 3})
+        run(cfg.replace(rank=0, world_size=3))
 
 
 def shard_keys(path: Path) -> list[str]:
@@ -138,3 +139,42 @@ def test_corrupt_inputs_are_skipped_counted_and_listed(sa1b_tars: list[Path], tm
     assert "truncated" in reasons["sa_903.json"] and "no annotation json" in reasons["sa_903.jpg"]
     assert m["skipped_count"] == 6 and m["sample_count"] == 6 == result["written"]
     assert sorted(shard_samples(out)) == sorted(f"sa_{i}" for i in range(1, 7))
+
+
+def test_typed_config_defaults_are_the_yaml_and_bad_values_are_named(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from data.precompute_config import PrecomputeConfig, TeacherConfig
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        composed = compose("precompute", overrides=[f"out_dir={tmp_path}", "source.root=/x"])
+    typed = PrecomputeConfig.of(composed)
+    assert typed.teacher == TeacherConfig("vit_h", None, "fp32") and typed.source["kind"] == "sa1b"
+    defaults = PrecomputeConfig(source={}, out_dir=str(tmp_path))
+    assert typed.replace(source={}) == defaults  # every default of the dataclass is the yaml's, and back
+    for key, value, message in [
+        ("batch_size", -1, "batch_size=-1 must be an integer >= 1"),
+        ("img_size", 1000, "img_size=1000 must be a positive multiple of 64"),
+        ("encoding", "bf16", "encoding='bf16'; use one of float16, int8"),
+        ("jpeg_quality", 0, "jpeg_quality=0 must be an integer in 1..100"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            defaults.replace(**{key: value})
+    with pytest.raises(ValueError, match=r"unknown precompute options \['batchsize'\]"):
+        PrecomputeConfig.of({"source": {}, "out_dir": "x", "batchsize": 4})
+    with pytest.raises(ValueError, match="teacher.precision='fp8'"):
+        PrecomputeConfig.of({"source": {}, "out_dir": "x", "teacher": {"variant": "vit_h", "precision": "fp8"}})
+
+
+def test_without_its_plan_a_finished_folder_refuses_other_settings(sa1b_tars: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "done"
+    cfg = precompute_config(sa1b_tars[0].parent, out, shard_size=3, limit=3)
+    run(cfg)
+    manifest = (out / "dataset.json").read_text()
+    (out / "_plan.json").unlink()
+    with pytest.raises(ManifestError, match=r"img_size: 256 in dataset.json, 320 now"):
+        run(cfg.replace(img_size=320))
+    assert (out / "dataset.json").read_text() == manifest  # still describes what is on disk
+    run(cfg)  # the shards' own settings: accepted, nothing redone
+    assert json.loads((out / "dataset.json").read_text())["img_size"] == 256

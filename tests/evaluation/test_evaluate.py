@@ -117,7 +117,7 @@ def test_evaluation_reproduces_training_validation(train_shards: Path, teacher_f
     """On the shards a run holds out (the same val_fraction), the report's numbers are the run's val/miou_* and
     val/mse."""
     from data.datamodule import ShardDataModule
-    from train.module import DistillModule
+    from train.distill import DistillModule
 
     module = DistillModule(img_size=256, init=str(perturbed_file), teacher={"checkpoint": str(teacher_file)})
     module.eval()

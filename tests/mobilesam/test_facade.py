@@ -140,3 +140,17 @@ def test_bf16_on_cuda_agrees_with_fp32(small_checkpoint, photo):
 def test_random_facade_builds_vit_t():
     m = SAM(None, device="cpu", img_size=256)
     assert isinstance(m.model, type(build_sam("vit_t", img_size=256)))
+
+
+def test_extreme_aspect_ratio_keeps_one_pixel_row_everywhere(tmp_path):
+    from mobilesam.transforms import preprocess_shape, resize_image
+
+    assert preprocess_shape(1, 5000, 1024) == (1, 1024)  # SAM's rounding gives 0 rows: at least one is kept
+    assert preprocess_shape(5000, 1, 256) == (256, 1) and preprocess_shape(683, 1024, 1024) == (683, 1024)
+    image = np.full((1, 5000, 3), 128, np.uint8)
+    assert resize_image(image, 256).size == (256, 1)
+    sam = SAM(None, device="cpu", img_size=256)
+    (r,) = sam.predict(image, points=[2500, 0])
+    assert r.masks.shape == (1, 1, 5000) and torch.isfinite(r.scores).all()
+    (r,) = sam.predict(image.transpose(1, 0, 2).copy(), bboxes=[0, 100, 0, 4000])
+    assert r.masks.shape == (1, 5000, 1)

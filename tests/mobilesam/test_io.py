@@ -56,3 +56,19 @@ def test_resize_matches_official():
     boxes = rng.uniform(0, 375, (3, 4))
     assert np.allclose(ours.apply_boxes(boxes, (375, 500)), ref.apply_boxes(boxes, (375, 500)))
     assert ours.get_preprocess_shape(375, 500, 256) == ref.get_preprocess_shape(375, 500, 256) == (192, 256)
+
+
+def test_saving_picks_the_format_by_extension_and_png_fast(tmp_path):
+    from mobilesam.viz import overlay, palette, save_picture
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    mask = np.zeros((60, 80), bool)
+    mask[10:30, 20:50] = True
+    pic = overlay(image, [mask, np.zeros_like(mask)])
+    out = np.asarray(pic)
+    blend = (image[mask].astype(np.float32) * 0.5 + palette(2)[0].astype(np.float32) * 0.5).round()
+    assert np.array_equal(out[mask], blend.astype(np.uint8)) and np.array_equal(out[~mask], image[~mask])
+    png, jpg = save_picture(pic, tmp_path / "a.png"), save_picture(pic, tmp_path / "b.JPG")
+    assert Image.open(png).format == "PNG" and np.array_equal(np.asarray(Image.open(png)), out)  # lossless
+    assert Image.open(jpg).format == "JPEG" and Image.open(jpg).size == (80, 60)

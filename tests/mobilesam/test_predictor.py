@@ -101,3 +101,33 @@ def test_bgr_input_is_flipped(vit_t_pair):
     a = small.get_image_embedding().clone()
     small.set_image(img[..., ::-1].copy(), image_format="BGR")
     assert torch.equal(a, small.get_image_embedding())
+
+
+def test_low_level_predictor_refuses_nonsense_with_the_facades_messages():
+    from mobilesam import SAM, build_sam
+
+    predictor = SamPredictor(build_sam("vit_t", img_size=256))
+    predictor.set_image(np.zeros((60, 80, 3), np.uint8))
+    bad = [
+        (dict(point_coords=np.array([[np.nan, 5.0]]), point_labels=np.array([1])), "NaN or infinite"),
+        (dict(point_coords=np.array([[np.inf, 5.0]]), point_labels=np.array([1])), "NaN or infinite"),
+        (dict(point_coords=np.array([[5.0, 5.0]]), point_labels=np.array([7])), r"labels must be one of .*got \[7\]"),
+        (dict(box=np.array([50.0, 5.0, 10.0, 40.0])), "x1 <= x2 and y1 <= y2"),
+        (dict(box=np.array([np.nan, 5.0, 10.0, 40.0])), "NaN or infinite"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(PromptError, match=message):
+            predictor.predict(**kwargs)
+    with pytest.raises(PromptError, match="NaN or infinite"):
+        predictor.predict_torch(torch.tensor([[[float("nan"), 1.0]]]), torch.tensor([[1]]))
+    with pytest.raises(PromptError, match="x1 <= x2"):
+        predictor.predict_torch(None, None, boxes=torch.tensor([[9.0, 1.0, 2.0, 5.0]]))
+    # the same words as the facade
+    with pytest.raises(PromptError) as low:
+        predictor.predict(box=np.array([50.0, 5.0, 10.0, 40.0]))
+    with pytest.raises(PromptError) as high:
+        SAM(None, device="cpu", img_size=256).predict(np.zeros((60, 80, 3), np.uint8), bboxes=[50, 5, 10, 40])
+    assert str(low.value).split("got")[0] == str(high.value).split("got")[0]
+    # SAM's own labels (-1 padding, 2 / 3 box corners) stay allowed at this level
+    masks, _, _ = predictor.predict(np.array([[5.0, 5.0], [0.0, 0.0]]), np.array([1, -1]))
+    assert masks.shape[-2:] == (60, 80)

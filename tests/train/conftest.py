@@ -1,4 +1,4 @@
-"""Fixtures for the training tests: a small random teacher on disk, demo shards made with it, composed configs."""
+"""Helpers of the training tests: a CPU trainer, composed configs, fast overrides (fixtures: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,35 +7,6 @@ from pathlib import Path
 import pytest
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
-IMG_SIZE = 256
-
-
-@pytest.fixture(scope="session")
-def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random (seeded, perturbed) SAM vit_t at 256: fast to run, and its decoder joins the student."""
-    from mobilesam import build_sam
-    from mobilesam.checkpoint import save_state_dict
-    from tests.helpers import perturb_
-
-    sam = perturb_(build_sam("vit_t", img_size=IMG_SIZE), seed=11)
-    return save_state_dict(sam.state_dict(), tmp_path_factory.mktemp("teacher") / "teacher_sam_vit_t.pth")
-
-
-@pytest.fixture(scope="session")
-def train_shards(teacher_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """16 generated SA-1B images in shards of 4, embedded by `teacher_file` at 256."""
-    from data.demo import ensure_demo_shards
-
-    teacher = {"variant": "vit_t", "checkpoint": str(teacher_file), "precision": "fp32"}
-    return ensure_demo_shards(
-        tmp_path_factory.mktemp("shards") / "s",
-        n_tars=2,
-        images_per_tar=8,
-        image_size=(120, 160),
-        img_size=IMG_SIZE,
-        shard_size=4,
-        teacher=teacher,
-    )
 
 
 def cpu_trainer(max_steps: int, **kwargs):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.train.conftest import cpu_trainer
-from tests.train.test_module import Batches, fake_batch
+from tests.train.test_distill import Batches, fake_batch
 from train.finetune import FinetuneMasksModule
 from train.losses import dice_loss, focal_loss, mask_ious, sam_losses, valid_cells
 from train.prompts import initial_prompts

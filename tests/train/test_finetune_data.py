@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from data.custom import CustomDataModule, DataChangedError, resolve_kind
+from data.inputs import holdout_part, list_inputs
 from data.manifest import read_manifest
-from data.sources import holdout_part, list_inputs
 from data.synthetic import make_sa1b_image
 
 
@@ -71,11 +71,11 @@ def test_shards_are_made_once_per_folder_teacher_and_size_then_reused(teacher_fi
     again.setup("fit")
     assert again.dataset_dir == base and again.manifest["sample_count"] == train["sample_count"]
     # another size or another teacher is another shard set
-    assert datamodule(tmp_path / "imgs", cache, teacher_file, img_size=320).resolve() != base
+    assert datamodule(tmp_path / "imgs", cache, teacher_file, img_size=320).cache.resolve() != base
     other = shutil.copy(teacher_file, tmp_path / "other.pth")
     with open(other, "ab") as f:
         f.write(b"\0")  # other bytes, other sha256 (torch.load is never asked to read it here)
-    assert datamodule(tmp_path / "imgs", cache, other).resolve() != base
+    assert datamodule(tmp_path / "imgs", cache, other).cache.resolve() != base
 
     # a changed input set is reported, with the fix
     write_folder(tmp_path / "imgs", 11)  # one image more

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.sources import holdout_part
+from data.inputs import holdout_part
 from data.synthetic_labels import labelled_samples, write_labelled_dataset
 from mobilesam import build_sam
 from mobilesam.checkpoint import save_state_dict

@@ -10,8 +10,8 @@ from mobilesam.checkpoint import save_state_dict
 from mobilesam.protocol import decode, decode_all, select
 from tests.helpers import perturb_
 from tests.train.conftest import cpu_trainer
-from tests.train.test_module import Batches
-from train.module import DistillModule
+from tests.train.test_distill import Batches
+from train.distill import DistillModule
 from train.pitl import PromptInTheLoopModule
 
 

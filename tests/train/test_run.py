@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from mobilesam import build_sam
 from tests.train.conftest import CONFIGS, compose_train
-from train.run import run
+from train.run import place_trainer, run
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIGS) / "experiment").glob("*.yaml"))
 
@@ -108,14 +108,34 @@ def test_every_experiment_composes_and_instantiates(experiment, teacher_file, tm
     datamodule = instantiate(cfg.data)
     assert datamodule.batch_size == cfg.data.batch_size
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    trainer = instantiate(place_trainer(cfg.trainer), callbacks=callbacks, logger=False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
 def test_default_config_is_the_demo():
     cfg = compose_train(["paths.root_dir=/x", "paths.data_dir=/x", "paths.output_dir=/x"])
     assert cfg.demo.enabled and cfg.trainer.accelerator == "cpu" and cfg.img_size == 256
-    assert cfg.teacher.checkpoint.endswith("teacher_sam_vit_b.pth") and "experiment" not in cfg.get("defaults", [])
+    assert cfg.teacher.checkpoint.endswith("teacher_sam_vit_b.pth")
+    # experiments are appended with +experiment=NAME: the primary defaults list must not name the group
+    primary = OmegaConf.load(Path(CONFIGS) / "train.yaml").defaults
+    groups = [next(iter(d)) if isinstance(d, dict) or OmegaConf.is_dict(d) else str(d) for d in primary]
+    assert "experiment" not in groups and "_self_" in groups and {"data", "model", "trainer"} <= set(groups)
+    assert compose_train(["+experiment=distill_1pct", "paths.root_dir=/x"]).experiment == "distill_1pct"
+
+
+def test_gpu_trainer_falls_back_to_the_cpu_with_a_notice(capsys, tmp_path):
+    cfg = compose_train(["+experiment=finetune_masks", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
+    assert cfg.trainer.accelerator == "auto" and cfg.trainer.precision == "bf16-mixed"
+    placed = place_trainer(cfg.trainer)
+    if torch.cuda.is_available():
+        assert placed.accelerator == "gpu" and placed.precision == "bf16-mixed"
+    else:
+        assert placed.accelerator == "cpu" and placed.precision == "32-true"
+        assert "no GPU found: training on the CPU" in capsys.readouterr().out
+        trainer = instantiate(placed, logger=False)  # what died with "No supported gpu backend found!" before
+        assert trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+    assert cfg.trainer.accelerator == "auto"  # the composed config itself is not changed
+    assert place_trainer(OmegaConf.create({"accelerator": "cpu", "precision": "bf16-mixed"})).precision == "bf16-mixed"
 
 
 @pytest.mark.slow
@@ -143,9 +163,77 @@ def test_ddp_with_two_cpu_processes(train_shards, teacher_file, tmp_path):
         "predict_after=false",
         "demo.enabled=false",
         "logger=csv",
+        "+callbacks.rank_probe._target_=tests.train.probes.RankProbe",
+        f"+callbacks.rank_probe.out_dir={tmp_path / 'ranks'}",
     ]
     proc = subprocess.run(cmd, cwd=Path(CONFIGS).parent, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "mobile_sam.pt").is_file()
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
-    assert "world_size=2" in proc.stdout + proc.stderr or "distributed_backend=gloo" in proc.stdout + proc.stderr
+    ranks = [json.loads((tmp_path / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
+    assert len(ranks[0]["keys"]) == len(ranks[1]["keys"]) == 4  # 2 steps x batch 2 on each rank
+    assert set(ranks[0]["keys"]).isdisjoint(ranks[1]["keys"])  # the ranks read different samples
+
+
+def test_a_run_killed_before_the_step_interval_leaves_a_current_last_ckpt(fast_overrides, tmp_path):
+    # validation (and best.ckpt) at step 2 (not 1: Lightning takes val_check_interval=1 for 1.0, "each epoch end")
+    overrides = fast_overrides + [
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "callbacks.last.every_n_train_steps=1000",
+    ]
+    killed = compose_train(overrides + ["+callbacks.fail._target_=tests.train.probes.FailAt", "+callbacks.fail.step=3"])
+    with pytest.raises(RuntimeError, match="killed at step 3"):
+        run(killed)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    # validation ran at step 2 and wrote best.ckpt: last.ckpt came with it, long before every_n_train_steps
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    resumed = run(compose_train(overrides + [f"ckpt_path={last}"]))
+    assert torch.load(last, weights_only=True)["global_step"] == 4 and Path(resumed["mobile_sam"]).is_file()
+
+
+def test_ckpt_path_that_cannot_resume_is_named(fast_overrides, tmp_path, small_checkpoint):
+    from mobilesam.checkpoint import CheckpointError
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "epoch=1.ckpt").write_bytes(b"")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"ckpt_path=.*missing.ckpt does not exist; the checkpoints in .* are \['epoch=1.ckpt'\]",
+    ):
+        run(compose_train(fast_overrides + [f"ckpt_path={tmp_path / 'ck' / 'missing.ckpt'}"]))
+    truncated = tmp_path / "cut.ckpt"
+    truncated.write_bytes(small_checkpoint.read_bytes()[:4096])
+    with pytest.raises(CheckpointError, match="ckpt_path: cannot read checkpoint .*cut.ckpt"):
+        run(compose_train(fast_overrides + [f"ckpt_path={truncated}"]))
+    with pytest.raises(CheckpointError, match="not a Lightning training checkpoint .* set model.init=PATH"):
+        run(compose_train(fast_overrides + [f"ckpt_path={small_checkpoint}"]))
+
+
+def test_bad_config_values_end_in_one_line_naming_the_key(tmp_path):
+    cases = [
+        ("data.batch_size=-1", "error: data.batch_size=-1 must be an integer >= 1"),
+        ("img_size=1000", "error: img_size=1000 must be a positive multiple of 64"),
+        ("ckpt_path=/nonexistent/last.ckpt", "error: ckpt_path=/nonexistent/last.ckpt does not exist"),
+    ]
+    for override, message in cases:
+        cmd = [sys.executable, "train.py", override, f"hydra.run.dir={tmp_path / 'r'}", f"paths.data_dir={tmp_path}"]
+        proc = subprocess.run(cmd, cwd=Path(CONFIGS).parent, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and message in proc.stderr, (override, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+
+
+def test_wandb_online_without_credentials_falls_back_to_offline(monkeypatch, tmp_path, capsys):
+    from train.run import place_loggers
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    cfg = compose_train(["logger=wandb", "logger.wandb.offline=false", f"paths.root_dir={tmp_path}"])
+    placed = place_loggers(cfg.logger)
+    assert placed.wandb.offline is True and cfg.logger.wandb.offline is False
+    assert "logging offline instead" in capsys.readouterr().out
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password k\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert place_loggers(cfg.logger).wandb.offline is False  # with credentials: as asked

@@ -13,7 +13,8 @@ from mobilesam.checkpoint import save_state_dict
 from mobilesam.transforms import PIXEL_MEAN, normalize
 from tests.helpers import perturb_
 from tests.train.conftest import cpu_trainer
-from train.module import DistillModule, embedding_mse
+from train.base import embedding_mse
+from train.distill import DistillModule
 
 
 class Batches:

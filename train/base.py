@@ -1,4 +1,4 @@
-"""`DistillModule`: the student TinyViT learns the teacher's stored image embeddings (MobileSAM's recipe)."""
+"""`SamModule`: the base of every training module: the SAM it trains, its set-up, the step, validation, export."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
@@ -46,9 +45,10 @@ def embedding_mse(student: Tensor, teacher: Tensor, sizes: Tensor | None, img_si
     return (diff * valid).sum() / (valid.sum() * student.shape[1]).clamp_min(1)
 
 
-class DistillModule(L.LightningModule):
-    """Encoder distillation. The whole SAM is held as `self.sam` (checkpoint keys `sam.*`); only its image
-    encoder (the student) trains; its prompt encoder and mask decoder are the teacher's, used for validation.
+class SamModule(L.LightningModule):
+    """The base of the training modules (encoder distillation, stage 2, mask fine-tuning): the whole SAM is held as
+    `self.sam` (checkpoint keys `sam.*`); by default only its image encoder (the student) trains, and its prompt
+    encoder and mask decoder are the teacher's, used for validation. Subclasses define `losses(batch)`.
 
     Args:
         img_size: input side in pixels (1024 for the paper's recipe).
@@ -183,8 +183,8 @@ class DistillModule(L.LightningModule):
         return embedding_mse(student, batch["embedding"], sizes, self.hparams.img_size)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """The step's loss ("loss") and what else is logged as train/<name>; subclasses define their own."""
-        return {"loss": self.embedding_loss(self.student_embedding(batch), batch)}
+        """The step's loss ("loss") and what else is logged as train/<name>."""
+        raise NotImplementedError(f"{type(self).__name__} must define losses(batch)")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         parts = self.losses(batch)
@@ -305,4 +305,4 @@ def count_trainable(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["DistillModule", "embedding_mse", "normalize", "count_trainable", "F"]
+__all__ = ["SamModule", "count_trainable", "embedding_mse", "plain"]

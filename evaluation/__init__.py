@@ -1,0 +1,1 @@
+"""Evaluation: the protocol's mIoU against the teacher and against ground truth, its records and its report."""
