@@ -24,6 +24,7 @@ from .codec import (
     decode_embedding,
     decode_jpeg,
 )
+from .low_res import LOW_RES_KEY, decode_low_res
 
 # The precompute writes the sizes first, so they are read without parsing the (large) annotation list.
 _SIZES = re.compile(rb'^\{"orig_size": \[(\d+), (\d+)\], "size": \[(\d+), (\d+)\]')
@@ -74,7 +75,13 @@ class SampleDecoder:
         if self.n > 0:
             anns = meta["annotations"]
             ids = choose_masks(len(anns), self.n, key, self.seed, epoch)
-            out["masks"] = low_res_masks(anns, ids, size, self.img_size)
+            if LOW_RES_KEY in raw:  # stored on the S/4 grid: the RLE is not touched
+                try:
+                    out["masks"] = decode_low_res(raw[LOW_RES_KEY], ids, len(anns), self.img_size)
+                except ShardFormatError as e:
+                    raise ShardFormatError(f"{where}: {e}") from e
+            else:
+                out["masks"] = low_res_masks(anns, ids, size, self.img_size)
             out["boxes"], out["points"] = prompts_in_frame(anns, ids, orig, size)
             out["mask_ids"] = ids
         return out

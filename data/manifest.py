@@ -18,6 +18,7 @@ from typing import Any
 from mobilesam.files import write_json
 
 from .codec import EMBED_DIM, ENCODINGS, PATCH, SCALE_KEY, as_bytes
+from .low_res import manifest_entry
 
 MANIFEST = "dataset.json"
 PLAN = "_plan.json"
@@ -106,7 +107,7 @@ def chunk_ranges(n_inputs: int, rank: int, world: int, shard_size: int) -> list[
 
 def assemble_manifest(out_dir: Path, plan: dict[str, Any], skipped_at_listing: list[dict[str, str]]) -> bool:
     """Writes dataset.json when every chunk of every rank is committed; returns whether it did."""
-    shards, skipped = [], list(skipped_at_listing)
+    shards, skipped, low_res = [], list(skipped_at_listing), 0
     for rank in range(plan["world_size"]):
         for chunk, _ in enumerate(chunk_ranges(plan["inputs"], rank, plan["world_size"], plan["shard_size"])):
             rec = record_path(out_dir, rank, chunk)
@@ -115,6 +116,7 @@ def assemble_manifest(out_dir: Path, plan: dict[str, Any], skipped_at_listing: l
             r = json.loads(rec.read_text())
             shards.append({"name": r["shard"], "count": r["count"], "rank": rank} | {"sha256": r.get("sha256")})
             skipped += r["skipped"]
+            low_res += r.get("low_res_masks", 0)
     grid = plan["img_size"] // PATCH
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -133,6 +135,8 @@ def assemble_manifest(out_dir: Path, plan: dict[str, Any], skipped_at_listing: l
         "shards": shards,
         "skipped": skipped,
     }
+    if low_res:  # samples that carry every annotation's mask on the S/4 grid (data/low_res.py)
+        manifest["low_res_masks"] = manifest_entry(plan["img_size"]) | {"samples": low_res}
     write_json(out_dir / MANIFEST, manifest)
     return True
 

@@ -22,6 +22,7 @@ from mobilesam.transforms import resize_image
 from .annotations import AnnotationError, parse_sa1b_json
 from .codec import ENCODINGS, decode_jpeg, encode_embedding, encode_jpeg
 from .inputs import SOURCE_KINDS, list_inputs, ref_identity
+from .low_res import LOW_RES_KEY, encode_low_res
 from .manifest import (
     MANIFEST,
     assemble_manifest,
@@ -58,7 +59,10 @@ def prepare(ref: InputRef, img_size: int, quality: int, need_annotations: bool) 
     stored = decode_jpeg(jpg)  # the teacher sees exactly what the loader will decode
     # sizes first: the loader reads them from the json's first bytes without parsing the annotations
     meta = {"orig_size": list(orig), "size": list(stored.shape[1:]), "key": ref.key, "source": src, "annotations": anns}
-    return {"key": ref.key, "jpg": jpg, "image": stored, "json": json.dumps(meta).encode()}
+    out = {"key": ref.key, "jpg": jpg, "image": stored, "json": json.dumps(meta).encode()}
+    if anns:  # every annotation on the loader's S/4 grid, so the loader never decodes the RLE (data/low_res.py)
+        out[LOW_RES_KEY] = encode_low_res(anns, tuple(stored.shape[1:]), img_size)
+    return out
 
 
 class _Prepared(Dataset):
@@ -105,6 +109,7 @@ class _ShardSink:
         self.keys: list[str] = []
         self.crc32: dict[str, int] = {}
         self.skipped: list[dict[str, str]] = []
+        self.low_res = 0  # samples written with the low-resolution masks member
 
     def write(self, sample: dict[str, Any]) -> None:
         """Writes one sample and records the crc32 of its members (in name order), for `verify_shards`."""
@@ -121,6 +126,7 @@ class _ShardSink:
         rec = {"shard": self.final.name, "rank": self.rank, "chunk": self.chunk, "count": len(self.keys)}
         rec |= {"sha256": sha256_file(self.final), "crc32": self.crc32}
         rec |= {"inputs": [self.inputs[0], self.inputs[-1]], "keys": self.keys, "skipped": self.skipped}
+        rec["low_res_masks"] = self.low_res
         write_json(self.record, rec)
 
 
@@ -212,6 +218,9 @@ def run(cfg: PrecomputeConfig | Mapping[str, Any]) -> dict[str, Any]:
                 skipped += 1
             else:
                 sample = {"__key__": s["key"], "jpg": s["jpg"], "json": s["json"]}
+                if LOW_RES_KEY in s:
+                    sample[LOW_RES_KEY] = s[LOW_RES_KEY]
+                    sink.low_res += 1
                 sink.write(sample | encode_embedding(emb_of[s["key"]], encoding))
                 written += 1
             left -= 1

@@ -11,7 +11,8 @@ from typing import Any
 from mobilesam.files import sha256_file
 
 from .batch import SampleDecoder
-from .codec import ShardFormatError
+from .codec import ShardFormatError, as_bytes
+from .low_res import LOW_RES_KEY, decode_low_res
 from .manifest import read_manifest, sample_crc32
 from .stream import raw_samples
 
@@ -64,6 +65,9 @@ def verify_shards(root: str | os.PathLike, decode: bool = True, max_errors: int 
                 if decode:
                     try:
                         decoder(raw, None)
+                        if LOW_RES_KEY in raw:  # the stored low-resolution masks: one per annotation, right shape
+                            count = len(json.loads(as_bytes(raw["json"])).get("annotations", []))
+                            decode_low_res(raw[LOW_RES_KEY], range(count), count, int(m["img_size"]))
                     except (ShardFormatError, RuntimeError, ValueError, KeyError) as e:
                         errors.append(f"{sh['name']}: {e}")
         except Exception as e:  # a truncated or corrupt tar

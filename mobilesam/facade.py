@@ -16,6 +16,7 @@ from torch import Tensor
 from .build import build_sam
 from .device import choose_device
 from .io import ImageSource, load_image
+from .many_prompts import predict_many
 from .mask_ops import masks_to_boxes
 from .predictor import SamPredictor
 from .prompts import PromptError, check_inside, parse_prompts
@@ -101,6 +102,7 @@ class SAM:
         bboxes: Any = None,
         multimask_output: bool = False,
         everything_options: dict[str, Any] | None = None,
+        batch_size: int = 1,
     ) -> list[Results]:
         """Segments the prompted objects in one image or a list of images (the same prompts for each).
 
@@ -116,6 +118,8 @@ class SAM:
             multimask_output: three masks per object (object-major) instead of one.
             everything_options: options of `SamAutomaticMaskGenerator` for segment-everything, e.g.
                 `{"points_per_side": 16, "pred_iou_thresh": 0.8}` (only without prompts).
+            batch_size: images embedded per encoder batch (prompted prediction; segment-everything embeds one
+                image at a time). The same masks as one at a time; faster per image where the device has room.
 
         Returns:
             One `Results` per image.
@@ -126,7 +130,18 @@ class SAM:
             return [self._everything(s, everything_options or {}) for s in sources]
         if everything_options:
             raise PromptError("everything_options apply only to segment-everything (no points and no bboxes)")
-        return [self._predict_one(s, pts, labs, boxes, multimask_output) for s in sources]
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive int (images per encoder batch)")
+        out = []
+        for start in range(0, len(sources), batch_size):
+            group = sources[start : start + batch_size]
+            images = [load_image(s) for s in group]
+            embedded = self.predictor.embed_images(images) if batch_size > 1 else [None] * len(group)
+            out += [
+                self._predict_one(s, pts, labs, boxes, multimask_output, im, e)
+                for s, im, e in zip(group, images, embedded)
+            ]
+        return out
 
     def _predict_one(
         self,
@@ -135,15 +150,19 @@ class SAM:
         labs: np.ndarray | None,
         boxes: np.ndarray | None,
         multimask_output: bool,
+        image: np.ndarray,
+        embedded: tuple[Tensor, tuple[int, int], tuple[int, int]] | None = None,
     ) -> Results:
-        image = load_image(source)
         size = image.shape[:2]
         if pts is not None:
             check_inside(pts, size, "point")
         if boxes is not None:
             check_inside(boxes.reshape(-1, 2), size, "box corner")
         p = self.predictor
-        p.set_image(image)
+        if embedded is None:
+            p.set_image(image)
+        else:
+            p.set_embedding(*embedded)
         dev = self.device
         coords = labels = tboxes = None
         if pts is not None:
@@ -151,8 +170,17 @@ class SAM:
             labels = torch.as_tensor(labs, dtype=torch.int, device=dev)
         if boxes is not None:
             tboxes = torch.as_tensor(p.transform.apply_boxes(boxes, size), dtype=torch.float, device=dev)
-        masks, iou, _ = p.predict_torch(coords, labels, tboxes, multimask_output=multimask_output)
-        masks = masks.flatten(0, 1).cpu()  # objects x C x H x W -> (objects*C) x H x W, object-major
+        with p._autocast():  # chunked, factored decoding; full-size masks made as bool, one chunk at a time
+            masks, iou = predict_many(
+                self.model,
+                p.features,
+                None if coords is None else (coords, labels),
+                tboxes,
+                multimask_output,
+                p.input_size,
+                p.original_size,
+            )
+        masks = masks.flatten(0, 1)  # objects x C x H x W -> (objects*C) x H x W, object-major
         prompts = {"points": pts, "labels": labs, "boxes": boxes}
         return Results(
             orig_img=image,

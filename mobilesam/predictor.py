@@ -75,6 +75,34 @@ class SamPredictor:
         self.features = features.float()
         self.is_image_set = True
 
+    @torch.no_grad()
+    def embed_images(self, images: list[np.ndarray]) -> list[tuple[Tensor, tuple[int, int], tuple[int, int]]]:
+        """Embeds HxWx3 uint8 RGB images in one encoder batch (the state set by `set_image` is left alone).
+
+        Returns:
+            Per image: its 1xCxhxw embedding (float32), (h, w) resized size and (H, W) original size, the
+            arguments of `set_embedding`.
+        """
+        sizes, batch = [], []
+        for image in images:
+            image = array_to_rgb(np.asarray(image))
+            if self.model.image_format != "RGB":
+                image = np.ascontiguousarray(image[..., ::-1])
+            resized = self.transform.apply_image(image)
+            tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None]  # HWC -> 1xCxHxW
+            batch.append(self.model.preprocess(tensor))
+            sizes.append((tuple(int(v) for v in resized.shape[:2]), tuple(int(v) for v in image.shape[:2])))
+        with self._autocast():
+            features = self.model.image_encoder(torch.cat(batch)).float()
+        return [(features[i : i + 1], *sizes[i]) for i in range(len(images))]
+
+    def set_embedding(self, features: Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> None:
+        """Sets an image by its embedding (from `embed_images` or `get_image_embedding`): 1xCxhxw, resized (h, w)
+        and original (H, W) sizes."""
+        self.reset_image()
+        self.features, self.input_size, self.original_size = features, tuple(input_size), tuple(original_size)
+        self.is_image_set = True
+
     def predict(
         self,
         point_coords: np.ndarray | None = None,

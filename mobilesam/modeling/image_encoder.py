@@ -49,8 +49,58 @@ def decomposed_rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, siz
     return bias.reshape(*lead, h * w, h * w)
 
 
+def folded_rel_pos_qk(
+    q: Tensor, k: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, size: tuple[int, int], scale: float
+) -> tuple[Tensor, Tensor]:
+    """Queries and keys whose plain dot product is SAM's scaled score plus its decomposed relative-position bias.
+
+    `q'_i . k'_j = scale * q_i . k_j + q_i . Rh[h_i - h_j] + q_i . Rw[w_i - w_j]`, with
+    `q' = [scale * q, q . Rh[h_i - kh] for every key row kh, q . Rw[w_i - kw] for every key column kw]` and
+    `k' = [k, one-hot(h_j), one-hot(w_j)]`, zero-padded to a multiple of 8 channels (fused kernels' alignment).
+    Attention then needs no N x N bias: `scaled_dot_product_attention(q', k', v, scale=1)`.
+
+    Args:
+        q, k: Bxheads x N x C unscaled queries and keys, N = H*W tokens in row-major order.
+        rel_pos_h, rel_pos_w: (2H-1) x C and (2W-1) x C embeddings.
+        size: (H, W).
+        scale: the softmax scale of the plain scores (head_dim ** -0.5).
+
+    Returns:
+        q', k': Bxheads x N x C', C' = C + H + W rounded up to a multiple of 8.
+    """
+    h, w = size
+    rh = rel_pos_table(h, rel_pos_h).to(q.dtype)
+    rw = rel_pos_table(w, rel_pos_w).to(q.dtype)
+    lead, c = q.shape[:-2], q.shape[-1]
+    r_q = q.reshape(*lead, h, w, c)
+    rel_h = torch.einsum("...hwc,hkc->...hwk", r_q, rh).reshape(*lead, h * w, h)
+    rel_w = torch.einsum("...hwc,wkc->...hwk", r_q, rw).reshape(*lead, h * w, w)
+    pad = -(c + h + w) % 8
+    q_parts = [q * scale, rel_h, rel_w] + ([q.new_zeros(*lead, h * w, pad)] if pad else [])
+    # the key side's extra channels are the same for every batch and head: one-hot key row and column
+    rows = torch.arange(h, device=q.device).repeat_interleave(w)
+    cols = torch.arange(w, device=q.device).repeat(h)
+    onehot = torch.cat(
+        [F.one_hot(rows, h), F.one_hot(cols, w), torch.zeros(h * w, pad, dtype=torch.long, device=q.device)], 1
+    ).to(k.dtype)
+    return torch.cat(q_parts, -1), torch.cat([k, onehot.expand(*lead, h * w, -1)], -1)
+
+
+FOLD_MIN_TOKENS = 1024  # the default rule folds attention over this many tokens or more (all of it on CUDA)
+
+
 class Attention(nn.Module):
-    """Multi-head attention over an HxW grid of tokens, with optional decomposed relative-position bias."""
+    """Multi-head attention over an HxW grid of tokens, with optional decomposed relative-position bias.
+
+    `fold_rel_pos` (a plain attribute) folds the relative positions into the queries and keys (`folded_rel_pos_qk`,
+    values zero-padded to the same width so the fused kernels, which need equal widths, apply) instead of
+    materialising the heads x N x N bias; both give the same attention. None (the default) chooses by the rule:
+    folded on CUDA (no N x N bias in memory, no attn_mask to keep the fastest kernels away) and for grids of at
+    least FOLD_MIN_TOKENS tokens (global blocks); on CPU, windowed blocks (14 x 14 = 196 tokens) keep the bias, whose
+    few-KiB table the fused kernel reads blockwise while the folded dot products are ~40% wider: measured 1.19x
+    slower folded there, against 0.70x and 282 vs 2169 MiB peak for a ViT-H global block at 1024
+    (`python scripts/benchmark.py attention`).
+    """
 
     def __init__(
         self, dim: int, num_heads: int, qkv_bias: bool, use_rel_pos: bool, input_size: tuple[int, int]
@@ -62,6 +112,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
+        self.fold_rel_pos: bool | None = None
         if use_rel_pos:
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
@@ -71,9 +122,26 @@ class Attention(nn.Module):
         b, h, w, c = x.shape
         # B x N x (3, heads, d) -> 3 x B x heads x N x d
         q, k, v = self.qkv(x).view(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w)) if self.use_rel_pos else None
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        if not self.use_rel_pos:
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        elif self.fold_rel_pos or (self.fold_rel_pos is None and (x.is_cuda or h * w >= FOLD_MIN_TOKENS)):
+            q, k = folded_rel_pos_qk(q, k, self.rel_pos_h, self.rel_pos_w, (h, w), self.scale)
+            d = v.shape[-1]
+            v = torch.cat([v, v.new_zeros(*v.shape[:-1], q.shape[-1] - d)], -1)
+            x = F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :d]
+        else:
+            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w))
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(b, h, w, c))
+
+
+def set_rel_pos_folding(module: nn.Module, fold: bool | None) -> nn.Module:
+    """Choose folded (True), materialised-bias (False) or by device (None, the default rule: folded on CUDA)
+    relative positions in every ViT attention of `module`."""
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.fold_rel_pos = fold
+    return module
 
 
 class Block(nn.Module):
