@@ -102,18 +102,24 @@ def checked_prompts(
 
 
 def object_prompts(
-    transform: Any, original_size: tuple[int, int], coords: np.ndarray, labels: np.ndarray, box: np.ndarray | None
+    transform: Any,
+    original_size: tuple[int, int],
+    coords: np.ndarray,
+    labels: np.ndarray,
+    box: np.ndarray | None,
+    pad: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One object's points (Kx2, original pixels) and box -> SAM's decoder points in the resized frame.
 
-    A box becomes two more points labelled 2 and 3; without a box SAM appends one padding point (0, 0), label -1.
+    A box becomes two more points labelled 2 and 3; without a box and with `pad`, SAM's padding point (0, 0),
+    label -1, is appended (the static decoder appends its own, `pad=False`).
     Returns (K'x2 float32 coordinates, K' float32 labels).
     """
     coords = transform.apply_coords(coords, original_size)
     if box is not None:
         coords = np.concatenate([coords, transform.apply_boxes(box[None], original_size).reshape(2, 2)])
         labels = np.concatenate([labels, [2, 3]])
-    else:
+    elif pad:
         coords = np.concatenate([coords, np.zeros((1, 2))])
         labels = np.concatenate([labels, [-1]])
     return coords.astype(np.float32), labels.astype(np.float32)

@@ -81,11 +81,11 @@ class ExecuTorchPredictor:
         self, emb: Embedding, coords: np.ndarray, labels: np.ndarray, box: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """One object's prompts in original pixels -> 4 low-res logits (4xSxS) and 4 IoUs."""
-        coords, labels = object_prompts(self.transform, emb.original_size, coords, labels, box)
+        coords, labels = object_prompts(self.transform, emb.original_size, coords, labels, box, pad=False)
         n, p = len(labels), self.max_points
         if n > p:
             raise PromptError(
-                f"this object needs {n} decoder points (its points, plus 2 for a box or 1 padding point) but "
+                f"this object needs {n} decoder points (its points, plus 2 for a box's corners) but "
                 f"the exported decoder holds {p}; export again with `--max-points {n}` or more"
             )
         c = np.zeros((1, p, 2), np.float32)

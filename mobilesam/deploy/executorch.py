@@ -154,7 +154,7 @@ def export_executorch(
         model: the SAM model (any variant, any img_size), in eval mode; it is not modified.
         out_dir: output folder.
         quantize: also write int8 programs (XNNPACK static PTQ, calibrated on `calibration_images`).
-        max_points: prompt points per object the decoder holds (a box takes two; without a box one is padding).
+        max_points: prompt points per object the decoder holds (a box takes two).
         verbose: print each program's delegation summary.
 
     Returns:
@@ -171,7 +171,7 @@ def export_executorch(
     model = model.eval()
     s = model.img_size
     ex = example_inputs(s, max_points)
-    modules = {"encoder": xnnpack_encoder(model.image_encoder), "decoder": StaticDecoder(model).eval()}
+    modules = {"encoder": xnnpack_encoder(model.image_encoder), "decoder": StaticDecoder(model, max_points).eval()}
     consts = {"img_size": s, "max_points": max_points, "num_masks": model.mask_decoder.num_mask_tokens}
     jobs = [(role, modules[role], PTE_NAMES[role]) for role in ("encoder", "decoder")]
     if quantize:

@@ -21,7 +21,7 @@ from tests.helpers import rel_err
 pytest.importorskip("executorch.runtime", reason="executorch is not installed: pip install 'mobilesam[executorch]'")
 pytest.importorskip("onnxruntime", reason="the CLI test writes ONNX too: pip install 'mobilesam[onnx]'")
 
-IMG = np.random.default_rng(7).integers(0, 255, (300, 410, 3), dtype=np.uint8)  # resized to 188 x 256
+IMG = np.random.default_rng(7).integers(0, 255, (300, 410, 3), dtype=np.uint8)  # resized to 187 x 256
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_embedding_matches_pytorch(predictor, small_checkpoint):
     resized = torch.from_numpy(np.asarray(resize_image(IMG, 256))).permute(2, 0, 1)[None]
     with torch.no_grad():
         ref = model.image_encoder(model.preprocess(resized))
-    assert emb.input_size == (188, 256) and emb.original_size == (300, 410)
+    assert emb.input_size == (187, 256) and emb.original_size == (300, 410)
     assert rel_err(torch.from_numpy(emb.features), ref) < 1e-3
 
 
@@ -160,12 +160,20 @@ def test_grayscale_and_rgba_are_read_as_the_facade_reads_them(predictor, facade,
 
 
 def test_too_many_points_names_the_limit_and_the_option(predictor):
-    points = [[[10 + 5 * i, 20] for i in range(8)]]  # 8 points + the padding point: 9 > 8
-    with pytest.raises(PromptError, match=r"holds 8; export again with `--max-points 9`"):
-        predictor.predict(IMG, points=points)
-    # 6 points and a box need exactly the 8 slots
-    (r,) = predictor.predict(IMG, points=[[[10 + 5 * i, 20] for i in range(6)]], bboxes=[[5, 5, 300, 200]])
-    assert r.masks.shape == (1, 300, 410)
+    with pytest.raises(PromptError, match=r"needs 9 decoder points .* holds 8; export again with `--max-points 9`"):
+        predictor.predict(IMG, points=[[[10 + 5 * i, 20] for i in range(7)]], bboxes=[[5, 5, 300, 200]])
+
+
+def test_a_prompt_filling_every_slot_matches_the_facade(predictor, facade):
+    """6 points and a box take all 8 slots (no padding), 2 points leave 6 padding slots: both as PyTorch."""
+    for prompts in (
+        {"points": [[[10 + 40 * i, 20 + 30 * i] for i in range(6)]], "bboxes": [[5, 5, 300, 200]]},
+        {"points": [[[10, 20], [200, 150]]], "labels": [[1, 0]]},
+    ):
+        (ours,) = predictor.predict(IMG, **prompts)
+        (ref,) = facade.predict(IMG, **prompts)
+        assert (ours.masks == ref.masks.numpy()).mean() >= 0.999
+        np.testing.assert_allclose(ours.scores, ref.scores.numpy(), atol=1e-3)
 
 
 def test_load_predictor_picks_the_runtime_by_suffix(exported):
