@@ -255,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = {
         "predict": ("segment prompted objects and write an overlay PNG", _add_predict, _run_predict),
         "info": ("describe a checkpoint and check that it loads strictly", _add_info, _run_info),
-        "export": ("write the official weights file and, with --onnx, ONNX graphs", _add_export, _run_export),
+        "export": (
+            "write the official weights file and, with --format onnx,executorch, deployable graphs",
+            _add_export,
+            _run_export,
+        ),
         "everything": ("segment everything in an image and write an overlay PNG", _add_everything, _run_everything),
     }
     for name, (help, add, run) in commands.items():

@@ -96,9 +96,10 @@ class StaticDecoder(nn.Module):
         is_pad = onehot[..., :1]
         # pos * 0 + not_a_point for a padding slot (its value is masked anyway), pos + table row otherwise
         sparse = torch.cat([pos * (1.0 - is_pad) + F.linear(onehot, self.label_table), self.pad_token], dim=1)
-        has_box = torch.clamp(F.linear(onehot[..., 3].unsqueeze(1), self.ones_p), 0.0, 1.0)  # 1 x 1 x 1
+        # slices, not selects (XNNPACK has no select): label 2 (a box corner) is column 3
+        has_box = torch.clamp(F.linear(onehot[..., 3:4].transpose(1, 2), self.ones_p), 0.0, 1.0)  # 1 x 1 x 1
         absent = torch.cat([self.zeros_out, is_pad.transpose(1, 2), has_box], dim=2)  # 1 x 1 x (5 + P + 1)
-        return sparse, (absent * -1e4).unsqueeze(1)
+        return sparse, (absent * -1e4).view(1, 1, 1, -1)
 
     def _attend(self, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
         """`transformer.Attention.forward` with an additive key bias (1x1x1xNk) through `lowering.attention`."""
