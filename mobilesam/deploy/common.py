@@ -125,31 +125,34 @@ def object_prompts(
     return coords.astype(np.float32), labels.astype(np.float32)
 
 
-def _bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """out_size x in_size matrix of PyTorch's bilinear resize (align_corners=False), weights as it computes them."""
+def _taps(in_size: int, out_size: int, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (i0, i1) and the weight of i1 for the first `keep` outputs of PyTorch's bilinear resize
+    (align_corners=False, no scale factor), in float32 as PyTorch computes them."""
     scale = np.float32(in_size / out_size)
-    src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
+    src = np.maximum(scale * (np.arange(keep, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
     i0 = src.astype(np.int64)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    frac = src - i0
-    m = np.zeros((out_size, in_size), np.float32)
-    rows = np.arange(out_size)
-    np.add.at(m, (rows, i0), 1 - frac)
-    np.add.at(m, (rows, i1), frac)
-    return m
+    return i0, np.minimum(i0 + 1, in_size - 1), (src - i0).astype(np.float32)
+
+
+def _resize_axis(x: np.ndarray, axis: int, out_size: int, keep: int | None = None) -> np.ndarray:
+    """Bilinear resize of one axis of `x` to `out_size`, returning its first `keep` samples (default all)."""
+    i0, i1, frac = _taps(x.shape[axis], out_size, out_size if keep is None else keep)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    frac = frac.reshape(shape)
+    return x.take(i0, axis=axis) * (1 - frac) + x.take(i1, axis=axis) * frac
 
 
 def upscale_masks(low_res: np.ndarray, img_size: int, original_size: tuple[int, int]) -> np.ndarray:
     """MxSxS low-resolution logits of the padded frame -> MxHxW logits at the original size.
 
-    SAM's postprocessing (upscale to img_size, remove the padding, upscale to (H, W)) as two separable
-    interpolation matrices per axis, multiplied together once.
+    SAM's postprocessing (upscale to img_size, remove the padding, upscale to (H, W)) one axis at a time, with
+    PyTorch's bilinear taps and weights; only the img_size rows and columns inside the crop are computed.
     """
     h, w = preprocess_shape(original_size[0], original_size[1], img_size)
-    s = low_res.shape[-1]
-    rows = _bilinear_matrix(h, original_size[0]) @ _bilinear_matrix(s, img_size)[:h]  # H x S
-    cols = _bilinear_matrix(w, original_size[1]) @ _bilinear_matrix(s, img_size)[:w]  # W x S
-    return np.einsum("hs,mst,wt->mhw", rows, low_res.astype(np.float32), cols, optimize=True)
+    x = low_res.astype(np.float32)
+    x = _resize_axis(_resize_axis(x, -2, img_size, keep=h), -1, img_size, keep=w)
+    return _resize_axis(_resize_axis(x, -2, original_size[0]), -1, original_size[1])
 
 
 def assemble(
