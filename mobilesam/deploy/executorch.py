@@ -137,6 +137,7 @@ def _write(data: bytes, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         f.write(data)
+    os.chmod(f.name, 0o644)  # a temp file is private; the program is an ordinary output file
     os.replace(f.name, path)
     return path
 
