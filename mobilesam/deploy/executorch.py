@@ -183,6 +183,7 @@ def export_executorch(
         for role in ("encoder", "decoder"):
             q = _quantize(modules[role], ex[role], calib[role])
             jobs.append((f"{role}_int8", q, PTE_INT8_NAMES[role]))
+    probes = _probes(model, modules["encoder"], max_points)
     out = Path(out_dir)
     staged: dict[str, tuple[bytes, Path]] = {}
     reports = {}
@@ -193,9 +194,49 @@ def export_executorch(
         left = portable_heavy_ops(info)
         if left:
             raise RuntimeError(f"{name}: these ops were left to portable kernels instead of XNNPACK: {left}")
+        _self_check(name, data, probes[role.removesuffix("_int8")], int8=role.endswith("_int8"))
         staged[role] = (data, out / name)
         reports[name] = delegation_report(info)
     return {role: _write(data, path) for role, (data, path) in staged.items()}, reports
+
+
+# Self-check tolerances: relative error against PyTorch (float), against the float program (int8, a sanity bound)
+CHECK_TOLERANCE = 1e-3
+CHECK_TOLERANCE_INT8 = 0.5
+
+
+@torch.no_grad()
+def _probes(model: Sam, encoder: nn.Module, max_points: int) -> dict[str, list[tuple[tuple[Tensor, ...], Tensor]]]:
+    """Two different images (and a point prompt on each) with PyTorch's outputs, to check each program by."""
+    images = calibration_images(model.img_size, 2, seed=1)
+    enc = [((x,), model.image_encoder(x)) for x in images]
+    dec = []
+    for x in images:
+        args = _decoder_calibration(encoder, x, max_points)
+        dec.append((args, StaticDecoder(model, max_points).eval()(*args)[0]))
+    return {"encoder": enc, "decoder": dec}
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def _self_check(name: str, data: bytes, probes: list[tuple[tuple[Tensor, ...], Tensor]], int8: bool) -> None:
+    """Runs the program on two different inputs: it must match PyTorch and differ between them as PyTorch does."""
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(data).load_method("forward")
+    outs = [method.execute(list(args))[0] for args, _ in probes]
+    tol = CHECK_TOLERANCE_INT8 if int8 else CHECK_TOLERANCE
+    errors = [_rel(o, ref) for o, (_, ref) in zip(outs, probes)]
+    if max(errors) > tol:
+        raise RuntimeError(f"{name} failed its check: relative error {max(errors):.2e} against PyTorch (limit {tol})")
+    ours, theirs = _rel(outs[0], outs[1]), _rel(probes[0][1], probes[1][1])
+    if ours < 0.5 * theirs:  # a program that ignores its input would pass the error bound on similar inputs
+        raise RuntimeError(
+            f"{name} failed its check: its outputs for two different inputs differ by {ours:.2e} (relative), "
+            f"PyTorch's by {theirs:.2e}"
+        )
 
 
 @torch.no_grad()
