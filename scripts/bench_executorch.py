@@ -1,7 +1,7 @@
 """ExecuTorch (XNNPACK) against eager PyTorch (ours) and ONNX Runtime on CPU, and what int8 PTQ costs.
 
 vit_t at 1024 with random (perturbed) weights, exported with `mobilesam.export` (`--format onnx,executorch`, and
-with `--quantize` the int8 .pte files). Measured interleaved (one of each per round, medians, the same thread
+with `--int8` the int8 .pte files). Measured interleaved (one of each per round, medians, the same thread
 count for every runtime):
 - the image encoder on one image at 1024: PyTorch, ExecuTorch, ONNX Runtime (and ExecuTorch int8);
 - one point's decode to three masks at the original size: `SamPredictor.predict`, `ExecuTorchPredictor.decode`,
@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--prompts", type=int, default=20, help="prompts for the int8 mask agreement")
     ap.add_argument("--image", default="1500x2250", help="HxW of the test image (SA-1B's typical size)")
     ap.add_argument("--threads", type=int, default=2, help="threads for PyTorch, ExecuTorch and ONNX Runtime")
-    ap.add_argument("--no-int8", action="store_true", help="skip the int8 export and table")
+    ap.add_argument("--int8", action="store_true", help="also export int8 programs and print their table (slow)")
     ap.add_argument("--dir", default=None, help="reuse (or keep) the export in this folder")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
     from mobilesam.transforms import resize_image
     from tests.helpers import perturb_
 
-    int8 = not args.no_int8
+    int8 = args.int8
     out = Path(args.dir or tempfile.mkdtemp(prefix="bench_executorch_"))
     if not (out / "decoder.pte").is_file() or (int8 and not (out / "decoder_int8.pte").is_file()):
         src = out / "src" / "random_mobile_sam.pt"
