@@ -188,9 +188,25 @@ def _run_info(args: argparse.Namespace) -> int:
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="mobile_sam.pt, a SAM checkpoint (sam_vit_b_01ec64.pth, ...) or a training .ckpt")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--onnx", action="store_true", help="also write encoder.onnx and decoder.onnx")
+    p.add_argument("--onnx", action="store_true", help="also write encoder.onnx and decoder.onnx (= --format onnx)")
+    p.add_argument(
+        "--format",
+        default="",
+        metavar="F[,F]",
+        help="deployment formats, a comma list of onnx, executorch (encoder.pte, decoder.pte for XNNPACK)",
+    )
+    p.add_argument(
+        "--max-points",
+        type=int,
+        default=None,
+        help="points per object the ExecuTorch decoder holds, a box counting two (default 8)",
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
-    p.add_argument("--quantize", action="store_true", help="also write dynamic int8 ONNX files (implies --onnx)")
+    p.add_argument(
+        "--quantize",
+        action="store_true",
+        help="also write int8 files: dynamic int8 ONNX (implies --onnx without --format), static int8 .pte",
+    )
     p.add_argument(
         "--img-size",
         type=int,
@@ -214,9 +230,11 @@ def _run_export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         img_size=args.img_size,
         single_mask=args.single_mask,
+        formats=args.format,
+        max_points=args.max_points,
     )
     for role, path in written.items():
-        print(f"{role:<13}{path} ({path.stat().st_size / 2**20:.1f} MiB)")
+        print(f"{role:<20}{path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -253,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = {
         "predict": ("segment prompted objects and write an overlay PNG", _add_predict, _run_predict),
         "info": ("describe a checkpoint and check that it loads strictly", _add_info, _run_info),
-        "export": ("write the official weights file and, with --onnx, ONNX graphs", _add_export, _run_export),
+        "export": (
+            "write the official weights file and, with --format onnx,executorch, deployable graphs",
+            _add_export,
+            _run_export,
+        ),
         "everything": ("segment everything in an image and write an overlay PNG", _add_everything, _run_everything),
         "demo": ("serve the interactive web demo (needs mobilesam[demo])", _add_demo, _run_demo),
     }

@@ -1,0 +1,169 @@
+"""Numpy pre- and post-processing shared by the runtime predictors (ONNX Runtime, ExecuTorch): no PyTorch.
+
+Prompt parsing and checks come from `mobilesam.prompts` (the facade's), the resize rule from
+`mobilesam.transforms`, so every predictor refuses and maps prompts exactly as `SAM.predict` does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from ..prompts import PromptError, check_inside, parse_prompts
+from ..transforms import preprocess_shape
+from ..viz import overlay, save_picture
+
+MASK_THRESHOLD = 0.0
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # SAM's, as `mobilesam.modeling.sam`
+PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+
+
+def masks_to_boxes_np(masks: np.ndarray) -> np.ndarray:
+    """Tight XYXY boxes of NxHxW bool masks (inclusive pixel indices, float32; zeros for an empty mask)."""
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for i, m in enumerate(masks):
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if len(rows):
+            boxes[i] = (cols[0], rows[0], cols[-1], rows[-1])
+    return boxes
+
+
+@dataclass
+class DeployResults:
+    """The masks predicted for one image, as numpy arrays (the fields of `mobilesam.Results`).
+
+    Attributes:
+        orig_img: HxWx3 uint8 RGB image.
+        masks: NxHxW bool masks at the original size (object-major: 3 per object with multimask output).
+        scores: N predicted IoUs.
+        boxes: Nx4 XYXY tight boxes of the masks in pixels (x2, y2 inclusive; zeros for an empty mask).
+        low_res_logits: NxSxS logits (S = img_size / 4), to pass back as a mask prompt.
+        path: the image's path when it came from a file.
+    """
+
+    orig_img: np.ndarray
+    masks: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    low_res_logits: np.ndarray
+    path: str | None = None
+    prompts: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def plot(self) -> Image.Image:
+        """The image with every mask blended in, mask boxes outlined and the prompt points drawn."""
+        p = self.prompts
+        return overlay(self.orig_img, self.masks, boxes=self.boxes, points=p.get("points"), labels=p.get("labels"))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes `plot()` to an image file, in the format of its extension (`.png`, fast; `.jpg`, smaller)."""
+        return save_picture(self.plot(), path)
+
+
+class Embedding(NamedTuple):
+    """An image's embedding and the sizes needed to decode prompts on it."""
+
+    features: np.ndarray  # 1x256xgxg float32
+    original_size: tuple[int, int]  # (H, W) of the image
+    input_size: tuple[int, int]  # (h, w) after resizing, long side = img_size
+    image: np.ndarray  # HxWx3 uint8 RGB
+
+
+def normalize_pad(resized: np.ndarray, img_size: int) -> np.ndarray:
+    """hxwx3 uint8 resized image -> 1x3xSxS float32, normalised (SAM mean, std) and zero-padded (`Sam.preprocess`)."""
+    h, w = resized.shape[:2]
+    out = np.zeros((1, 3, img_size, img_size), np.float32)
+    out[0, :, :h, :w] = ((resized.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD).transpose(2, 0, 1)
+    return out
+
+
+def checked_prompts(
+    points: Any, labels: Any, bboxes: Any, original_size: tuple[int, int]
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The facade's prompt parsing and checks: (N x K x 2 points, N x K labels, N x 4 boxes), None when absent."""
+    pts, labs, boxes = parse_prompts(points, labels, bboxes)
+    if pts is None and boxes is None:
+        raise PromptError("pass points or bboxes: segment-everything is not part of the deployed predictors")
+    if pts is not None:
+        check_inside(pts, original_size, "point")
+    if boxes is not None:
+        check_inside(boxes.reshape(-1, 2), original_size, "box corner")
+    return pts, labs, boxes
+
+
+def object_prompts(
+    transform: Any,
+    original_size: tuple[int, int],
+    coords: np.ndarray,
+    labels: np.ndarray,
+    box: np.ndarray | None,
+    pad: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One object's points (Kx2, original pixels) and box -> SAM's decoder points in the resized frame.
+
+    A box becomes two more points labelled 2 and 3; without a box and with `pad`, SAM's padding point (0, 0),
+    label -1, is appended (the static decoder appends its own, `pad=False`).
+    Returns (K'x2 float32 coordinates, K' float32 labels).
+    """
+    coords = transform.apply_coords(coords, original_size)
+    if box is not None:
+        coords = np.concatenate([coords, transform.apply_boxes(box[None], original_size).reshape(2, 2)])
+        labels = np.concatenate([labels, [2, 3]])
+    elif pad:
+        coords = np.concatenate([coords, np.zeros((1, 2))])
+        labels = np.concatenate([labels, [-1]])
+    return coords.astype(np.float32), labels.astype(np.float32)
+
+
+def _taps(in_size: int, out_size: int, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (i0, i1) and the weight of i1 for the first `keep` outputs of PyTorch's bilinear resize
+    (align_corners=False, no scale factor), in float32 as PyTorch computes them."""
+    scale = np.float32(in_size / out_size)
+    src = np.maximum(scale * (np.arange(keep, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    i0 = src.astype(np.int64)
+    return i0, np.minimum(i0 + 1, in_size - 1), (src - i0).astype(np.float32)
+
+
+def _resize_axis(x: np.ndarray, axis: int, out_size: int, keep: int | None = None) -> np.ndarray:
+    """Bilinear resize of one axis of `x` to `out_size`, returning its first `keep` samples (default all)."""
+    i0, i1, frac = _taps(x.shape[axis], out_size, out_size if keep is None else keep)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    frac = frac.reshape(shape)
+    return x.take(i0, axis=axis) * (1 - frac) + x.take(i1, axis=axis) * frac
+
+
+def upscale_masks(low_res: np.ndarray, img_size: int, original_size: tuple[int, int]) -> np.ndarray:
+    """MxSxS low-resolution logits of the padded frame -> MxHxW logits at the original size.
+
+    SAM's postprocessing (upscale to img_size, remove the padding, upscale to (H, W)) one axis at a time, with
+    PyTorch's bilinear taps and weights; only the img_size rows and columns inside the crop are computed.
+    """
+    h, w = preprocess_shape(original_size[0], original_size[1], img_size)
+    x = low_res.astype(np.float32)
+    x = _resize_axis(_resize_axis(x, -2, img_size, keep=h), -1, img_size, keep=w)
+    return _resize_axis(_resize_axis(x, -2, original_size[0]), -1, original_size[1])
+
+
+def assemble(
+    emb: Embedding,
+    outputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    prompts: dict[str, Any],
+) -> DeployResults:
+    """Per-object (CxHxW logits, C IoUs, CxSxS low-res logits) -> one `DeployResults` (object-major)."""
+    masks = np.concatenate([m for m, _, _ in outputs]) > MASK_THRESHOLD
+    return DeployResults(
+        orig_img=emb.image,
+        masks=masks,
+        scores=np.concatenate([s for _, s, _ in outputs]),
+        boxes=masks_to_boxes_np(masks),
+        low_res_logits=np.concatenate([lr for _, _, lr in outputs]),
+        prompts=prompts,
+    )

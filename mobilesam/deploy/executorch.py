@@ -1,0 +1,251 @@
+"""Writing `encoder.pte` and `decoder.pte`: ExecuTorch programs lowered to XNNPACK, float or int8 (PTQ).
+
+The encoder takes the image as SAM's encoder sees it: 1x3xSxS float32, normalised with SAM's pixel mean and std
+and zero-padded at the bottom and right (the predictor resizes with PIL and normalises in numpy,
+`mobilesam.deploy.common.normalize_pad`), so that every op of the graph runs in XNNPACK. The decoder is
+`StaticDecoder` (a fixed number of points per object). Each program also holds constant methods `img_size`,
+`max_points`, `num_masks` and `graph`, which the predictor reads.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..modeling import Sam
+from .lowering import DECOMPOSITIONS, xnnpack_encoder
+from .static_decoder import DEFAULT_MAX_POINTS, StaticDecoder
+
+PTE_NAMES = {"encoder": "encoder.pte", "decoder": "decoder.pte"}
+PTE_INT8_NAMES = {"encoder": "encoder_int8.pte", "decoder": "decoder_int8.pte"}
+# ops that must run in XNNPACK (edge-dialect names, as in `get_delegation_info`'s table)
+HEAVY_OPS = ("convolution", "linear", "addmm", "mm", "bmm", "layer_norm", "softmax", "scaled_dot_product_attention")
+CALIBRATION_IMAGES = 4
+ENCODER_INPUT = (
+    "image 1x3xSxS float32 (S = img_size): the RGB image resized so its long side is S (PIL bilinear), "
+    "normalised with SAM's pixel mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375), zero-padded at "
+    "the bottom and right (mobilesam.deploy.common.normalize_pad)"
+)
+
+
+def _require_executorch() -> None:
+    try:
+        import executorch  # noqa: F401
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+    except ImportError as e:
+        raise ImportError("exporting ExecuTorch programs needs executorch: pip install 'mobilesam[executorch]'") from e
+
+
+def example_inputs(img_size: int, max_points: int = DEFAULT_MAX_POINTS) -> dict[str, tuple[Tensor, ...]]:
+    """Inputs to export each program with: a normalised padded image; one positive point, the rest padding."""
+    g = img_size // 16
+    coords = torch.zeros(1, max_points, 2)
+    coords[0, 0] = torch.tensor([img_size / 3, img_size / 5])
+    labels = torch.full((1, max_points), -1.0)
+    labels[0, 0] = 1.0
+    return {"encoder": (torch.randn(1, 3, img_size, img_size),), "decoder": (torch.randn(1, 256, g, g), coords, labels)}
+
+
+def calibration_images(img_size: int, n: int = CALIBRATION_IMAGES, seed: int = 0) -> list[Tensor]:
+    """Generated calibration images for int8 PTQ: smooth colour gradients with random discs and noise,
+    normalised like real images (1x3xSxS, values mostly within SAM's normalised range)."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, img_size), torch.linspace(0, 1, img_size), indexing="ij")
+    out = []
+    for _ in range(n):
+        base = torch.rand(3, 1, 1, generator=g) * 255 * (1 - ys) + torch.rand(3, 1, 1, generator=g) * 255 * xs
+        for _ in range(6):
+            cy, cx, r = torch.rand(3, generator=g)
+            disc = ((ys - cy) ** 2 + (xs - cx) ** 2) < (0.3 * r) ** 2
+            base = torch.where(disc, torch.rand(3, 1, 1, generator=g) * 255, base)
+        img = (base + torch.randn(3, img_size, img_size, generator=g) * 8).clamp(0, 255)
+        mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+        std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+        out.append(((img - mean) / std)[None])
+    return out
+
+
+def _quantize(module: nn.Module, args: tuple[Tensor, ...], calibration: list[tuple[Tensor, ...]]) -> nn.Module:
+    """XNNPACK static int8 PTQ (per-channel weights, per-tensor activations) calibrated on `calibration`."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    graph = torch.export.export(module, args).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    for inputs in calibration:
+        prepared(*inputs)
+    return convert_pt2e(prepared)
+
+
+def lower(
+    module: nn.Module, args: tuple[Tensor, ...], constants: Mapping[str, Any] = (), verbose: bool = False
+) -> tuple[bytes, Any]:
+    """`torch.export` + our decompositions + XNNPACK lowering -> (.pte bytes, delegation info)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        program = torch.export.export(module, args).run_decompositions(DECOMPOSITIONS)
+        edge = to_edge_transform_and_lower(
+            program, partitioner=[XnnpackPartitioner()], constant_methods=dict(constants) or None
+        )
+    info = get_delegation_info(edge.exported_program().graph_module)
+    if verbose:
+        print(info.get_summary().strip())
+    return edge.to_executorch().buffer, info
+
+
+def portable_heavy_ops(info: Any) -> dict[str, int]:
+    """Heavy ops (conv, linear, matmul, layer norm, softmax, attention) left to portable kernels: name -> count."""
+    df = info.get_operator_delegation_dataframe()
+    left = {}
+    for op, n in zip(df["op_type"], df["occurrences_in_non_delegated_graphs"]):
+        name = str(op).removeprefix("aten_").rsplit("_", 1)[0]
+        if n and any(name == h or name.startswith(h + "_") for h in HEAVY_OPS):
+            left[str(op)] = int(n)
+    return left
+
+
+def delegation_report(info: Any) -> dict[str, Any]:
+    """What XNNPACK took: delegated subgraphs, node counts, and every op left to portable kernels with its count."""
+    df = info.get_operator_delegation_dataframe()
+    portable = {
+        str(op): int(n)
+        for op, n in zip(df["op_type"], df["occurrences_in_non_delegated_graphs"])
+        if n and str(op) not in ("Total", "getitem")
+    }
+    return {
+        "delegated_subgraphs": int(info.num_delegated_subgraphs),
+        "delegated_nodes": int(info.num_delegated_nodes),
+        "portable_nodes": int(info.num_non_delegated_nodes),
+        "portable_ops": portable,
+    }
+
+
+def _write(data: bytes, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(data)
+    os.chmod(f.name, 0o644)  # a temp file is private; the program is an ordinary output file
+    os.replace(f.name, path)
+    return path
+
+
+def export_executorch(
+    model: Sam,
+    out_dir: str | os.PathLike,
+    quantize: bool = False,
+    max_points: int = DEFAULT_MAX_POINTS,
+    verbose: bool = True,
+) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """Writes `encoder.pte` and `decoder.pte` (and with `quantize` `encoder_int8.pte`, `decoder_int8.pte`).
+
+    Args:
+        model: the SAM model (any variant, any img_size), in eval mode; it is not modified.
+        out_dir: output folder.
+        quantize: also write int8 programs (XNNPACK static PTQ, calibrated on `calibration_images`).
+        max_points: prompt points per object the decoder holds (a box takes two).
+        verbose: print each program's delegation summary.
+
+    Returns:
+        Role ("encoder", "decoder", "encoder_int8", "decoder_int8") -> path, and file name -> its delegation
+        report (`delegation_report`).
+
+    Raises:
+        RuntimeError: a convolution, linear layer, matmul, layer norm, softmax or attention was left outside
+            XNNPACK (nothing is written then).
+    """
+    _require_executorch()
+    if max_points < 2:
+        raise ValueError(f"max_points={max_points} must be at least 2 (a box is two points)")
+    model = model.eval()
+    s = model.img_size
+    ex = example_inputs(s, max_points)
+    modules = {"encoder": xnnpack_encoder(model.image_encoder), "decoder": StaticDecoder(model, max_points).eval()}
+    consts = {"img_size": s, "max_points": max_points, "num_masks": model.mask_decoder.num_mask_tokens}
+    jobs = [(role, modules[role], PTE_NAMES[role]) for role in ("encoder", "decoder")]
+    if quantize:
+        calib = {
+            "encoder": [(x,) for x in calibration_images(s)],
+            "decoder": [_decoder_calibration(modules["encoder"], x, max_points) for x in calibration_images(s)],
+        }
+        for role in ("encoder", "decoder"):
+            q = _quantize(modules[role], ex[role], calib[role])
+            jobs.append((f"{role}_int8", q, PTE_INT8_NAMES[role]))
+    probes = _probes(model, modules["encoder"], max_points)
+    out = Path(out_dir)
+    staged: dict[str, tuple[bytes, Path]] = {}
+    reports = {}
+    for role, module, name in jobs:
+        if verbose:
+            print(f"{name}: lowering to XNNPACK")
+        data, info = lower(module, ex[role.removesuffix("_int8")], {**consts, "graph": role}, verbose)
+        left = portable_heavy_ops(info)
+        if left:
+            raise RuntimeError(f"{name}: these ops were left to portable kernels instead of XNNPACK: {left}")
+        _self_check(name, data, probes[role.removesuffix("_int8")], int8=role.endswith("_int8"))
+        staged[role] = (data, out / name)
+        reports[name] = delegation_report(info)
+    return {role: _write(data, path) for role, (data, path) in staged.items()}, reports
+
+
+# Self-check tolerances: relative error against PyTorch (float), against the float program (int8, a sanity bound)
+CHECK_TOLERANCE = 1e-3
+CHECK_TOLERANCE_INT8 = 0.5
+
+
+@torch.no_grad()
+def _probes(model: Sam, encoder: nn.Module, max_points: int) -> dict[str, list[tuple[tuple[Tensor, ...], Tensor]]]:
+    """Two different images (and a point prompt on each) with PyTorch's outputs, to check each program by."""
+    images = calibration_images(model.img_size, 2, seed=1)
+    enc = [((x,), model.image_encoder(x)) for x in images]
+    dec = []
+    for x in images:
+        args = _decoder_calibration(encoder, x, max_points)
+        dec.append((args, StaticDecoder(model, max_points).eval()(*args)[0]))
+    return {"encoder": enc, "decoder": dec}
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def _self_check(name: str, data: bytes, probes: list[tuple[tuple[Tensor, ...], Tensor]], int8: bool) -> None:
+    """Runs the program on two different inputs: it must match PyTorch and differ between them as PyTorch does."""
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(data).load_method("forward")
+    outs = [method.execute(list(args))[0] for args, _ in probes]
+    tol = CHECK_TOLERANCE_INT8 if int8 else CHECK_TOLERANCE
+    errors = [_rel(o, ref) for o, (_, ref) in zip(outs, probes)]
+    if max(errors) > tol:
+        raise RuntimeError(f"{name} failed its check: relative error {max(errors):.2e} against PyTorch (limit {tol})")
+    ours, theirs = _rel(outs[0], outs[1]), _rel(probes[0][1], probes[1][1])
+    if ours < 0.5 * theirs:  # a program that ignores its input would pass the error bound on similar inputs
+        raise RuntimeError(
+            f"{name} failed its check: its outputs for two different inputs differ by {ours:.2e} (relative), "
+            f"PyTorch's by {theirs:.2e}"
+        )
+
+
+@torch.no_grad()
+def _decoder_calibration(encoder: nn.Module, image: Tensor, max_points: int) -> tuple[Tensor, ...]:
+    """A calibration sample for the decoder: the image's embedding and a positive point, a box, padding."""
+    s = image.shape[-1]
+    coords = torch.zeros(1, max_points, 2)
+    labels = torch.full((1, max_points), -1.0)
+    coords[0, 0] = torch.tensor([s * 0.4, s * 0.6])
+    coords[0, 1:3] = torch.tensor([[s * 0.2, s * 0.3], [s * 0.7, s * 0.8]])
+    labels[0, :3] = torch.tensor([1.0, 2.0, 3.0])
+    return encoder(image), coords, labels
