@@ -94,8 +94,8 @@ class DecoderGraph(nn.Module):
         s = self.img_size
         masks = F.interpolate(masks, size=(s, s), mode="bilinear", align_corners=False)
         size = orig_im_size.to(torch.float32)
-        # the resized image's size, SAM's round-half-up rule (mobilesam.transforms.preprocess_shape)
-        resized = torch.floor(size * (s / size.max()) + 0.5).to(torch.int64)
+        # the resized image's size, SAM's round-half-up rule, at least one pixel (mobilesam.transforms.preprocess_shape)
+        resized = torch.floor(size * (s / size.max()) + 0.5).clamp(min=1).to(torch.int64)
         masks = masks[..., : resized[0], : resized[1]]
         h, w = orig_im_size.to(torch.int64)
         return F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False)

@@ -159,6 +159,11 @@ def test_onnx_predictor_matches_the_facade(exported):
         assert (got.masks == ref.masks.numpy()).mean() >= 0.999
         assert np.abs(got.scores - ref.scores.numpy()).max() < 1e-3
         assert np.abs(got.boxes - ref.boxes.numpy()).max() <= 1
+    # an extreme aspect ratio keeps one pixel row in the graph too, as in the facade
+    thin = np.full((1, 900, 3), 100, np.uint8)
+    (ref,) = facade.predict(thin, points=[450, 0])
+    got = predictor.predict(thin, points=[450, 0])[0]
+    assert got.masks.shape == (1, 1, 900) and (got.masks == ref.masks.numpy()).mean() >= 0.999
     with pytest.raises(PromptError, match="lies outside the 410x300"):
         predictor.decode(emb, points=[500, 10])
     with pytest.raises(PromptError, match="pass points or bboxes"):
