@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mobilesam import SAM, build_sam
-from mobilesam.checkpoint import sha256_file
 from mobilesam.cli import main
 from mobilesam.deploy import ExecuTorchPredictor, load_predictor
 from mobilesam.deploy.executorch import HEAVY_OPS
+from mobilesam.files import sha256_file
 from mobilesam.io import ImageReadError
 from mobilesam.prompts import PromptError
 from mobilesam.transforms import resize_image
