@@ -7,6 +7,7 @@ Prompt parsing and checks come from `mobilesam.prompts` (the facade's), the resi
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
+from ..io import ImageSource
 from ..prompts import PromptError, check_inside, parse_prompts
 from ..transforms import preprocess_shape
 from ..viz import overlay, save_picture
@@ -167,3 +169,29 @@ def assemble(
         low_res_logits=np.concatenate([lr for _, _, lr in outputs]),
         prompts=prompts,
     )
+
+
+class RuntimePredictor:
+    """What every runtime predictor shares on top of its own `embed(image) -> Embedding` and
+    `decode(embedding, points, labels, bboxes, multimask_output) -> DeployResults`: `predict` over images."""
+
+    def predict(
+        self,
+        source: ImageSource | Sequence[ImageSource],
+        points: Any = None,
+        labels: Any = None,
+        bboxes: Any = None,
+        multimask_output: bool = False,
+    ) -> list[DeployResults]:
+        """Segments the prompted objects in one image or a list of images, as `mobilesam.SAM.predict`.
+
+        `source` is a path, PIL image, HxWx3 uint8 array, or a list of them; prompts are in original pixels, nested
+        as Ultralytics nests them (see the README). Returns one `DeployResults` per image.
+        """
+        sources = list(source) if isinstance(source, (list, tuple)) else [source]
+        results = []
+        for s in sources:
+            r = self.decode(self.embed(s), points, labels, bboxes, multimask_output)
+            r.path = str(s) if isinstance(s, (str, os.PathLike)) else None
+            results.append(r)
+        return results

@@ -7,7 +7,6 @@ model code. Pre- and post-processing are `mobilesam.deploy.common`'s, shared wit
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,16 @@ import numpy as np
 from ..io import ImageSource, load_image
 from ..prompts import PromptError
 from ..transforms import ResizeLongestSide, resize_image
-from .common import DeployResults, Embedding, assemble, checked_prompts, normalize_pad, object_prompts, upscale_masks
+from .common import (
+    DeployResults,
+    Embedding,
+    RuntimePredictor,
+    assemble,
+    checked_prompts,
+    normalize_pad,
+    object_prompts,
+    upscale_masks,
+)
 
 
 def _program(path: str | os.PathLike) -> Any:
@@ -37,7 +45,7 @@ def _constant(program: Any, name: str, path: str | os.PathLike) -> int:
     return int(program.load_method(name).execute([])[0])
 
 
-class ExecuTorchPredictor:
+class ExecuTorchPredictor(RuntimePredictor):
     """Segments prompted objects with `encoder.pte` and `decoder.pte`, like `SAM(...).predict`.
 
     Args:
@@ -115,24 +123,3 @@ class ExecuTorchPredictor:
             low_res = low_res[sl]
             outputs.append((upscale_masks(low_res, self.img_size, emb.original_size), iou[sl], low_res))
         return assemble(emb, outputs, {"points": pts, "labels": labs, "boxes": boxes})
-
-    def predict(
-        self,
-        source: ImageSource | Sequence[ImageSource],
-        points: Any = None,
-        labels: Any = None,
-        bboxes: Any = None,
-        multimask_output: bool = False,
-    ) -> list[DeployResults]:
-        """Segments the prompted objects in one image or a list of images, as `mobilesam.SAM.predict`.
-
-        `source` is a path, PIL image, HxWx3 uint8 array, or a list of them; prompts are in original pixels, nested
-        as Ultralytics nests them (see the README). Returns one `DeployResults` per image.
-        """
-        sources = list(source) if isinstance(source, (list, tuple)) else [source]
-        results = []
-        for s in sources:
-            r = self.decode(self.embed(s), points, labels, bboxes, multimask_output)
-            r.path = str(s) if isinstance(s, (str, os.PathLike)) else None
-            results.append(r)
-        return results

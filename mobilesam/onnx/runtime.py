@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..deploy.common import DeployResults, Embedding, assemble, checked_prompts, object_prompts
+from ..deploy.common import DeployResults, Embedding, RuntimePredictor, assemble, checked_prompts, object_prompts
 from ..io import ImageSource, load_image
 from ..transforms import ResizeLongestSide, resize_image
 
@@ -43,7 +43,7 @@ def _img_size(session: Any, path: str | os.PathLike) -> int:
     return int(meta["img_size"])
 
 
-class OnnxPredictor:
+class OnnxPredictor(RuntimePredictor):
     """Segments prompted objects with `encoder.onnx` and `decoder.onnx`, like `SAM(...).predict`.
 
     Args:
@@ -120,24 +120,3 @@ class OnnxPredictor:
             m, s, lr = self._decode_object(emb, coords, labels_i, boxes[i] if boxes is not None else None)
             outputs.append((m[0, sl], s[0, sl], lr[0, sl]))
         return assemble(emb, outputs, {"points": pts, "labels": labs, "boxes": boxes})
-
-    def predict(
-        self,
-        source: ImageSource | Sequence[ImageSource],
-        points: Any = None,
-        labels: Any = None,
-        bboxes: Any = None,
-        multimask_output: bool = False,
-    ) -> list[OnnxResults]:
-        """Segments the prompted objects in one image or a list of images, as `mobilesam.SAM.predict`.
-
-        `source` is a path, PIL image, HxWx3 uint8 array, or a list of them; prompts are in original pixels, nested
-        as Ultralytics nests them (see the README). Returns one `OnnxResults` per image.
-        """
-        sources = list(source) if isinstance(source, (list, tuple)) else [source]
-        results = []
-        for s in sources:
-            r = self.decode(self.embed(s), points, labels, bboxes, multimask_output)
-            r.path = str(s) if isinstance(s, (str, os.PathLike)) else None
-            results.append(r)
-        return results
