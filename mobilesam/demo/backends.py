@@ -20,21 +20,10 @@ def default_checkpoint(root: str | os.PathLike = ".") -> Path | None:
 
 
 def _runtime_predictor(encoder: str | os.PathLike, decoder: str | os.PathLike) -> Any:
-    """The predictor for exported files: `mobilesam.deploy.load_predictor` where it exists, else `OnnxPredictor`."""
-    try:
-        from mobilesam.deploy import load_predictor
-    except ImportError:
-        load_predictor = None
-    if load_predictor is not None:
-        return load_predictor(encoder, decoder)
-    if Path(encoder).suffix != ".onnx" or Path(decoder).suffix != ".onnx":
-        raise ValueError(
-            f"--encoder {encoder} and --decoder {decoder}: this install runs exported .onnx files only "
-            "(ExecuTorch .pte files need mobilesam.deploy); export with `mobilesam export CKPT --out DIR --onnx`"
-        )
-    from mobilesam.onnx import OnnxPredictor
+    """The predictor for exported files, by their suffix (`mobilesam.deploy.load_predictor`: .onnx, .pte)."""
+    from mobilesam.deploy import load_predictor
 
-    return OnnxPredictor(encoder, decoder)
+    return load_predictor(encoder, decoder)
 
 
 class RuntimeBackend:

@@ -283,18 +283,14 @@ def test_cli_demo_refuses_bad_arguments_with_a_message(tmp_path, small_checkpoin
         assert err.startswith("error: ") and re.search(message, err) and "Traceback" not in err
 
 
-def test_exported_files_go_through_mobilesam_deploy_when_it_exists(monkeypatch):
-    import sys
+def test_exported_files_go_through_mobilesam_deploy(monkeypatch):
     import types
 
-    from mobilesam.demo.backends import _runtime_predictor
+    import mobilesam.deploy
 
-    with pytest.raises(ValueError, match=r"runs exported \.onnx files only.*mobilesam\.deploy"):
-        _runtime_predictor("encoder.pte", "decoder.pte")
     calls = []
-    deploy = types.ModuleType("mobilesam.deploy")
-    deploy.load_predictor = lambda e, d: calls.append((e, d)) or types.SimpleNamespace(img_size=512)
-    monkeypatch.setitem(sys.modules, "mobilesam.deploy", deploy)
+    fake = types.SimpleNamespace(img_size=512)
+    monkeypatch.setattr(mobilesam.deploy, "load_predictor", lambda e, d: calls.append((e, d)) or fake)
     b = load_backend(encoder="x/encoder.pte", decoder="x/decoder.pte")
     assert calls == [("x/encoder.pte", "x/decoder.pte")] and b.img_size == 512 and "encoder.pte" in b.description
 
