@@ -14,30 +14,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def _timed(fn, *args, **kwargs) -> tuple[float, object]:
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return time.perf_counter() - t, out
-
-
-def _report(name: str, times: dict[str, list[float]], base: str) -> None:
-    """Median time of each contender and its median per-round ratio to `base`."""
-    parts = []
-    for k, v in times.items():
-        ratio = statistics.median(a / b for a, b in zip(v, times[base]))
-        parts.append(f"{k} {statistics.median(v) * 1e3:.1f} ms" + ("" if k == base else f" (x{ratio:.2f})"))
-    print(f"{name}: " + ", ".join(parts) + f"  [median of {len(times[base])}, ratios to {base}]")
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
+from deploy_timing import rel as _rel
+from deploy_timing import report as _report
+from deploy_timing import timed as _timed
 
 
 def main(argv: list[str]) -> int:
