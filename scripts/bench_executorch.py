@@ -51,8 +51,8 @@ def main(argv: list[str]) -> int:
     from mobilesam import SamPredictor, build_sam
     from mobilesam.checkpoint import save_state_dict
     from mobilesam.deploy import ExecuTorchPredictor
-    from mobilesam.deploy.common import normalize_pad
     from mobilesam.export import export
+    from mobilesam.exported import normalize_pad
     from mobilesam.onnx import OnnxPredictor
     from mobilesam.transforms import resize_image
     from tests.helpers import perturb_

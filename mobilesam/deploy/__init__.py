@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import lazy_attributes
-from .common import DeployResults, Embedding
+from ..exported import DeployResults, Embedding
 
 _EXPORTS = {
     "ExecuTorchPredictor": "et_runtime",

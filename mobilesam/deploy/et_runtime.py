@@ -1,7 +1,7 @@
 """`ExecuTorchPredictor`: `encoder.pte` and `decoder.pte` under ExecuTorch's runtime, with the facade's prompt API.
 
 Imports numpy, Pillow and ExecuTorch's Python runtime (which brings PyTorch's tensors with it); nothing from the
-model code. Pre- and post-processing are `mobilesam.deploy.common`'s, shared with `OnnxPredictor`.
+model code. Pre- and post-processing are `mobilesam.exported`'s, shared with `OnnxPredictor`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import ImageSource, load_image
-from ..prompts import PromptError
-from ..transforms import ResizeLongestSide, resize_image
-from .common import (
+from ..exported import (
     DeployResults,
     Embedding,
     RuntimePredictor,
@@ -25,6 +22,9 @@ from .common import (
     object_prompts,
     upscale_masks,
 )
+from ..io import ImageSource, load_image
+from ..prompts import PromptError
+from ..transforms import ResizeLongestSide, resize_image
 
 
 def _program(path: str | os.PathLike) -> Any:

@@ -2,7 +2,7 @@
 
 The encoder takes the image as SAM's encoder sees it: 1x3xSxS float32, normalised with SAM's pixel mean and std
 and zero-padded at the bottom and right (the predictor resizes with PIL and normalises in numpy,
-`mobilesam.deploy.common.normalize_pad`), so that every op of the graph runs in XNNPACK. The decoder is
+`mobilesam.exported.normalize_pad`), so that every op of the graph runs in XNNPACK. The decoder is
 `StaticDecoder` (a fixed number of points per object). Each program also holds constant methods `img_size`,
 `max_points`, `num_masks` and `graph`, which the predictor reads.
 """
@@ -30,7 +30,7 @@ CALIBRATION_IMAGES = 4
 ENCODER_INPUT = (
     "image 1x3xSxS float32 (S = img_size): the RGB image resized so its long side is S (PIL bilinear), "
     "normalised with SAM's pixel mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375), zero-padded at "
-    "the bottom and right (mobilesam.deploy.common.normalize_pad)"
+    "the bottom and right (mobilesam.exported.normalize_pad)"
 )
 
 

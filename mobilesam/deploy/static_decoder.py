@@ -2,7 +2,7 @@
 
 One object per call, a fixed number P of prompt points (a box is its two corners, labels 2 and 3; unused slots
 are padding, label -1), no mask input; out come the four low-resolution masks and their IoUs. The predictor
-upsamples (`mobilesam.deploy.common.upscale_masks`). Padding slots are masked out of every attention, so the
+upsamples (`mobilesam.exported.upscale_masks`). Padding slots are masked out of every attention, so the
 result does not depend on P: it equals SAM's decoder on the unpadded prompt, including the "not a point" token
 SAM appends when there is no box (the graph appends it itself, masked when a box is present). Every op is a
 linear layer, a batched matmul, a softmax, an elementwise op or a view, so XNNPACK takes the whole graph:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..deploy.common import DeployResults, Embedding, RuntimePredictor, assemble, checked_prompts, object_prompts
+from ..exported import DeployResults, Embedding, RuntimePredictor, assemble, checked_prompts, object_prompts
 from ..io import ImageSource, load_image
 from ..transforms import ResizeLongestSide, resize_image
 

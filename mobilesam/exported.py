@@ -15,10 +15,10 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from ..io import ImageSource
-from ..prompts import PromptError, check_inside, parse_prompts
-from ..transforms import preprocess_shape
-from ..viz import overlay, save_picture
+from .io import ImageSource
+from .prompts import PromptError, check_inside, parse_prompts
+from .transforms import preprocess_shape
+from .viz import overlay, save_picture
 
 MASK_THRESHOLD = 0.0
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # SAM's, as `mobilesam.modeling.sam`
