@@ -193,13 +193,20 @@ def _add_export(p: argparse.ArgumentParser) -> None:
         "--format",
         default="",
         metavar="F[,F]",
-        help="deployment formats, a comma list of onnx, executorch (encoder.pte, decoder.pte for XNNPACK)",
+        help="deployment formats, a comma list of onnx, executorch (.pte, XNNPACK), openvino (.xml/.bin), "
+        "tflite (LiteRT), coreml (.mlpackage); each is checked against PyTorch before it is kept",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="fp16 writes *_fp16 files (onnx, openvino, tflite, coreml) with LayerNorm and softmax kept in fp32",
     )
     p.add_argument(
         "--max-points",
         type=int,
         default=None,
-        help="points per object the ExecuTorch decoder holds, a box counting two (default 8)",
+        help="points per object the static decoders hold (every format but onnx), a box counting two (default 8)",
     )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument(
@@ -221,6 +228,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from .export import export
+    from .files import disk_size
 
     written = export(
         args.source,
@@ -232,9 +240,10 @@ def _run_export(args: argparse.Namespace) -> int:
         single_mask=args.single_mask,
         formats=args.format,
         max_points=args.max_points,
+        precision=args.precision,
     )
     for role, path in written.items():
-        print(f"{role:<20}{path} ({path.stat().st_size / 2**20:.1f} MiB)")
+        print(f"{role:<24}{path} ({disk_size(path) / 2**20:.1f} MiB)")
     return 0
 
 

@@ -1,8 +1,9 @@
 """`mobilesam export`: any checkpoint (`mobile_sam.pt`, SAM `.pth`, training `.ckpt`) -> the official
-`mobile_sam.pt` with its sidecar, and optionally the ONNX encoder and decoder (float and int8)."""
+`mobile_sam.pt` with its sidecar, and the deployment files of any formats asked for (`mobilesam.deploy.formats`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -13,30 +14,12 @@ from typing import Any
 from . import __version__
 from .build import build_from
 from .checkpoint import open_checkpoint, save_state_dict
-from .files import sha256_file
+from .files import sha256_file, sha256_path
 
 # File names by variant: Ultralytics picks its model builder by these suffixes
 WEIGHTS_NAMES = {"vit_t": "mobile_sam.pt", "vit_b": "sam_b.pt", "vit_l": "sam_l.pt", "vit_h": "sam_h.pt"}
-
-
-FORMATS = ("onnx", "executorch")
-DECODER_INPUTS_TEXT = (
-    "image_embeddings 1x256x(img_size/16)^2; point_coords 1x{points}x2 float32 (x, y) in the resized image's "
-    "pixels; point_labels 1x{points} float32 (1 positive, 0 negative, 2/3 box corners, -1 padding)"
-)
-
-
-def check_formats(formats: Sequence[str] | str, onnx: bool = False) -> list[str]:
-    """A comma list or sequence of formats -> the list, checked against `FORMATS` (`onnx=True` adds "onnx")."""
-    if isinstance(formats, str):
-        formats = [f for f in formats.split(",") if f.strip()]
-    out = [f.strip().lower() for f in formats]
-    unknown = [f for f in out if f not in FORMATS]
-    if unknown:
-        raise ValueError(f"unknown export format(s) {unknown}: choose from {', '.join(FORMATS)} (a comma list)")
-    if onnx and "onnx" not in out:
-        out.insert(0, "onnx")
-    return list(dict.fromkeys(out))
+# the sidecar's per-format entries (a source's own are not carried over: they describe its files, not ours)
+FORMAT_KEYS = ("onnx", "executorch", "openvino", "tflite", "coreml")
 
 
 def _jsonable(value: Any) -> Any:
@@ -55,44 +38,57 @@ def export(
     single_mask: bool = False,
     formats: Sequence[str] = (),
     max_points: int | None = None,
+    precision: str = "fp32",
+    verbose: bool = True,
 ) -> dict[str, Path]:
-    """Writes the official weights file and its sidecar, and with `onnx` the ONNX graphs, into `out_dir`.
+    """Writes the official weights file and its sidecar, and the deployment files of `formats`, into `out_dir`.
 
-    The weights load strictly into the model before anything is written; every file is written atomically.
+    The weights load strictly into the model before anything is written; every file is written atomically. Each
+    format's files are checked against PyTorch on two images before they are kept (`mobilesam.deploy.guard`);
+    a format that fails raises `ExportCheckError` and leaves none of its files (nor the weights) behind.
 
     Args:
         source: `mobile_sam.pt`, `sam_vit_{b,l,h}_*.pth` or a training `.ckpt`.
         out_dir: output folder (created).
-        onnx: also write `encoder.onnx` and `decoder.onnx`.
+        onnx: also write `encoder.onnx` and `decoder.onnx` (the same as adding "onnx" to `formats`).
         opset: ONNX opset (default `mobilesam.onnx.graphs.DEFAULT_OPSET`).
-        quantize: also write `encoder_int8.onnx` and `decoder_int8.onnx` (dynamic int8; implies `onnx`).
+        quantize: also write the int8 files of the formats that have them (ONNX, ExecuTorch); alone, it means ONNX.
         img_size: the input size, when the source does not say (see `mobilesam.checkpoint.open_checkpoint`).
-        single_mask: the decoder returns one mask chosen as SAM's exported decoder does, instead of all four.
-        formats: deployment formats to write, from `FORMATS` ("onnx", "executorch"); `onnx=True` adds "onnx".
-            With "executorch", `quantize` also writes the int8 `.pte` files.
-        max_points: points per object the ExecuTorch decoder holds (default
+        single_mask: the ONNX decoder returns one mask chosen as SAM's exported decoder does, instead of all four.
+        formats: deployment formats, keys of `mobilesam.deploy.formats.FORMATS` (onnx, executorch, openvino,
+            tflite, coreml).
+        max_points: points per object the static-shape decoders hold (every format but ONNX; default
             `mobilesam.deploy.static_decoder.DEFAULT_MAX_POINTS`).
+        precision: "fp32" or "fp16" (`_fp16` files, for the formats that have half precision).
+        verbose: print what each writer reports (ExecuTorch's delegation summary).
 
     Returns:
-        Role ("weights", "sidecar", "encoder", "decoder", "encoder_int8", "decoder_int8") -> written path.
+        Role -> written path: "weights", "sidecar", ONNX's "encoder", "decoder" (and "_int8"), and
+        "{format}_{role}" for the other formats ("openvino_encoder", "executorch_decoder_int8", ...).
     """
-    formats = check_formats(formats, onnx=onnx)
-    if "executorch" in formats:
-        from .deploy.executorch import _require_executorch
+    from .deploy.formats import ExportOptions, check_formats, check_options
+    from .deploy.static_decoder import DEFAULT_MAX_POINTS
 
-        _require_executorch()
-    onnx = "onnx" in formats or (quantize and not formats)
-    if onnx:  # refuse a bad opset before the slow part
+    formats = check_formats(formats, onnx=onnx or (quantize and not formats))
+    options = ExportOptions(
+        precision=precision,
+        quantize=quantize,
+        max_points=max_points or DEFAULT_MAX_POINTS,
+        opset=opset,
+        single_mask=single_mask,
+        verbose=verbose,
+    )
+    check_options(formats, options)  # refuse a bad option or a missing runtime before the slow part
+    if "onnx" in formats:
         from .onnx.graphs import DEFAULT_OPSET, check_opset
 
-        opset = opset or DEFAULT_OPSET
-        check_opset(opset)
+        check_opset(opset or DEFAULT_OPSET)
     src = open_checkpoint(source, img_size)
     model = build_from(src)
     out = Path(out_dir)
     weights = out / WEIGHTS_NAMES[src.variant]
     meta = {
-        **_jsonable({k: v for k, v in src.meta.items() if k not in ("onnx", "executorch", "files")}),  # own files
+        **_jsonable({k: v for k, v in src.meta.items() if k not in ("files", *FORMAT_KEYS)}),  # not its own files
         "img_size": src.img_size,
         "variant": src.variant,
         "source": str(src.path.resolve()),
@@ -100,38 +96,28 @@ def export(
         "mobilesam_version": __version__,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    options = dataclasses.replace(
+        options, stamp={k: meta[k] for k in ("variant", "source_sha256", "mobilesam_version")}
+    )
     written: dict[str, Path] = {}
-    if onnx:
-        from .onnx.export import export_onnx
+    if formats:
+        from .deploy.formats import write_format
+        from .deploy.guard import reference
 
-        stamp = {k: meta[k] for k in ("variant", "source_sha256", "mobilesam_version")}
-        written.update(export_onnx(model, out, opset=opset, quantize=quantize, single_mask=single_mask, stamp=stamp))
-        meta["onnx"] = {
-            "files": {p.name: sha256_file(p) for p in written.values()},
-            "opset": opset,
-            "single_mask": single_mask,
-            "encoder_input": "RGB uint8 HxWx3, long side = img_size (resize with PIL bilinear first)",
-        }
-    if "executorch" in formats:
-        from .deploy.executorch import ENCODER_INPUT, export_executorch
-        from .deploy.static_decoder import DEFAULT_MAX_POINTS
-
-        points = max_points or DEFAULT_MAX_POINTS
-        pte, delegation = export_executorch(model, out, quantize=quantize, max_points=points)
-        written.update({f"executorch_{k}": v for k, v in pte.items()})
-        meta["executorch"] = {
-            "files": {p.name: sha256_file(p) for p in pte.values()},
-            "encoder_input": ENCODER_INPUT,
-            "decoder_inputs": DECODER_INPUTS_TEXT.format(points=points),
-            "decoder_outputs": "low_res_masks 1x4x(img_size/4)^2 logits (mask 0 single, 1-3 multimask), iou 1x4",
-            "max_points": points,
-            "backend": "XNNPACK",
-            "int8": quantize,
-            "delegation": delegation,
-        }
-    meta["files"] = {p.name: sha256_file(p) for p in written.values()}
-    # Last, so that a failed ONNX export leaves no weights that look complete
+        ref = reference(model)  # PyTorch's side of every format's check, computed once
+        for name in formats:
+            files, info = write_format(name, model, out, options, ref)
+            written.update({(role if name == "onnx" else f"{name}_{role}"): p for role, p in files.items()})
+            meta[name] = _jsonable({**info, "files": {_rel(p, out): sha256_path(p) for p in files.values()}})
+    meta["files"] = {_rel(p, out): sha256_path(p) for p in written.values()}
+    for name in formats:  # companions of the role files (OpenVINO's .bin weights)
+        meta["files"].update(meta[name].get("weight_files", {}))
+    # Last, so that a failed export leaves no weights that look complete
     save_state_dict(model.state_dict(), weights, meta=meta)
     written["weights"] = weights
     written["sidecar"] = weights.with_suffix(".json")
     return written
+
+
+def _rel(path: Path, out: Path) -> str:
+    return path.relative_to(out).as_posix()

@@ -1,4 +1,6 @@
-"""Numpy pre- and post-processing shared by the runtime predictors (ONNX Runtime, ExecuTorch): no PyTorch.
+"""Numpy pre- and post-processing shared by the runtime predictors (ONNX Runtime, ExecuTorch, OpenVINO, LiteRT,
+Core ML): no PyTorch. `StaticPredictor` is the whole predictor for the static-shape graphs (a normalised padded
+image in, the `StaticDecoder` interface), each runtime adding only how it runs one graph.
 
 Prompt parsing and checks come from `mobilesam.prompts` (the facade's), the resize rule from
 `mobilesam.transforms`, so every predictor refuses and maps prompts exactly as `SAM.predict` does.
@@ -15,9 +17,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from .io import ImageSource
+from .io import ImageSource, load_image
 from .prompts import PromptError, check_inside, parse_prompts
-from .transforms import preprocess_shape
+from .transforms import preprocess_shape, resize_image
 from .viz import overlay, save_picture
 
 MASK_THRESHOLD = 0.0
@@ -195,3 +197,68 @@ class RuntimePredictor:
             r.path = str(s) if isinstance(s, (str, os.PathLike)) else None
             results.append(r)
         return results
+
+
+class StaticPredictor(RuntimePredictor):
+    """A predictor for the static-shape export (every runtime but ONNX): the encoder takes the normalised, padded
+    1x3xSxS float32 image (`normalize_pad`), the decoder is `mobilesam.deploy.StaticDecoder` (P prompt slots, low-res
+    masks out, upsampled here). A runtime subclass sets `img_size`, `max_points` and `transform` and implements
+    `_encode` and `_decode`.
+    """
+
+    img_size: int
+    max_points: int
+    transform: Any
+
+    def _encode(self, image: np.ndarray) -> np.ndarray:
+        """1x3xSxS float32 normalised padded image -> 1x256x(S/16)x(S/16) float32 embedding."""
+        raise NotImplementedError
+
+    def _decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embedding, 1xPx2 float32 coordinates (resized frame), 1xP float32 labels -> (1x4x(S/4)^2 logits, 1x4)."""
+        raise NotImplementedError
+
+    def embed(self, source: ImageSource) -> Embedding:
+        """Reads an image (path, PIL image or array, see `mobilesam.io`), resizes it with PIL and embeds it."""
+        image = load_image(source)
+        resized = np.asarray(resize_image(image, self.img_size))
+        features = np.asarray(self._encode(normalize_pad(resized, self.img_size)), np.float32)
+        return Embedding(features, image.shape[:2], resized.shape[:2], image)
+
+    def _decode_object(
+        self, emb: Embedding, coords: np.ndarray, labels: np.ndarray, box: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One object's prompts in original pixels -> 4 low-res logits (4xSxS) and 4 IoUs."""
+        coords, labels = object_prompts(self.transform, emb.original_size, coords, labels, box, pad=False)
+        n, p = len(labels), self.max_points
+        if n > p:
+            raise PromptError(
+                f"this object needs {n} decoder points (its points, plus 2 for a box's corners) but "
+                f"the exported decoder holds {p}; export again with `--max-points {n}` or more"
+            )
+        c = np.zeros((1, p, 2), np.float32)
+        lab = np.full((1, p), -1.0, np.float32)
+        c[0, :n], lab[0, :n] = coords, labels
+        low_res, iou = self._decode(emb.features, c, lab)
+        return np.asarray(low_res, np.float32)[0], np.asarray(iou, np.float32)[0]
+
+    def decode(
+        self,
+        emb: Embedding,
+        points: Any = None,
+        labels: Any = None,
+        bboxes: Any = None,
+        multimask_output: bool = False,
+    ) -> DeployResults:
+        """Masks for prompts on an embedded image; prompts as in `predict`."""
+        pts, labs, boxes = checked_prompts(points, labels, bboxes, emb.original_size)
+        sl = slice(1, 4) if multimask_output else slice(0, 1)  # mask 0 single-mask, 1-3 multimask
+        n = len(pts) if pts is not None else len(boxes)
+        outputs = []
+        for i in range(n):
+            coords = pts[i] if pts is not None else np.zeros((0, 2))
+            labels_i = labs[i] if labs is not None else np.zeros(0, np.int64)
+            low_res, iou = self._decode_object(emb, coords, labels_i, boxes[i] if boxes is not None else None)
+            low_res = low_res[sl]
+            outputs.append((upscale_masks(low_res, self.img_size, emb.original_size), iou[sl], low_res))
+        return assemble(emb, outputs, {"points": pts, "labels": labs, "boxes": boxes})

@@ -34,6 +34,30 @@ def perturb_(model: nn.Module, seed: int = 0, scale: float = 0.02) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def perturb_keeping_input_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights whose embedding still depends on the image: the fresh initialisation, with noise on the
+    relative-position tables (x0.1) and on every bias and norm (x0.005), BatchNorm variances in [0.5, 1.5] and
+    means of +-0.01.
+
+    `perturb_`'s noise on every weight (and its BatchNorm means of +-0.1) makes a deep random net's output almost
+    constant: the embeddings of two different images differ by 5e-5 relative, so an exported encoder that ignored
+    its input, or lost the image in fp16 noise, would pass any check on them. These differ by ~1e-2 at 256.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "rel_pos" in name or "attention_biases" in name:
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        elif p.ndim == 1:
+            p.add_(torch.randn(p.shape, generator=g) * 0.005)
+    for name, b in model.named_buffers():
+        if name.endswith("running_var"):
+            b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+        elif name.endswith("running_mean"):
+            b.copy_(torch.randn(b.shape, generator=g) * 0.01)
+    return model
+
+
 def official_registry():
     """The official MobileSAM registry (`mobilesam-mirror`), quietly imported."""
     with warnings.catch_warnings():

@@ -114,11 +114,35 @@ def _split_with_sizes(x, sizes, dim=0):  # noqa: ANN001, ANN202
     return out
 
 
-# Applied by `run_decompositions` on top of the default table (attention, splits)
+def _constant_pad_nd(x, pad, value=0.0):  # noqa: ANN001, ANN202
+    """Zero-padding at the end of axes as a concatenation: XNNPACK refuses to build its int8 pad node for the
+    window padding ("Failed to create StaticConstantPad node"), and concatenates in any precision."""
+    for i in range(len(pad) // 2):
+        dim, before, after = x.ndim - 1 - i, pad[2 * i], pad[2 * i + 1]
+        if before < 0 or after < 0:
+            return aten.constant_pad_nd.default(x, pad, value)  # a crop: left as it is
+        parts = []
+        for n in (before, after):
+            shape = list(x.shape)
+            shape[dim] = n
+            parts.append(torch.full(shape, value, dtype=x.dtype, device=x.device) if n else None)
+        x = torch.cat([t for t in (parts[0], x, parts[1]) if t is not None], dim=dim) if before or after else x
+    return x
+
+
+def _pad(x, pad, mode="constant", value=None):  # noqa: ANN001, ANN202
+    if mode != "constant":
+        return aten.pad.default(x, pad, mode, value)
+    return _constant_pad_nd(x, pad, 0.0 if value is None else value)
+
+
+# Applied by `run_decompositions` on top of the default table (attention, splits); int8 programs also pad by
+# concatenation (XNNPACK pads floats itself; the zeros of a concatenation are made outside it, a memset each)
 DECOMPOSITIONS = {
     aten.scaled_dot_product_attention.default: _sdpa,
     aten.split_with_sizes.default: _split_with_sizes,
 }
+INT8_DECOMPOSITIONS = {**DECOMPOSITIONS, aten.constant_pad_nd.default: _constant_pad_nd, aten.pad.default: _pad}
 
 
 def replace_layer_norms(module: nn.Module) -> nn.Module:

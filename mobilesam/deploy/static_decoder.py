@@ -24,6 +24,17 @@ from .lowering import LinearLayerNorm, attention, replace_layer_norms
 
 DEFAULT_MAX_POINTS = 8  # points per object the exported decoder holds (a box takes two of them)
 LABELS = (-1, 0, 1, 2, 3)  # padding, negative, positive, box top-left, box bottom-right
+# The static graphs' interface, as every format's sidecar entry states it
+ENCODER_INPUT = (
+    "image 1x3xSxS float32 (S = img_size): the RGB image resized so its long side is S (PIL bilinear), "
+    "normalised with SAM's pixel mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375), zero-padded at "
+    "the bottom and right (mobilesam.exported.normalize_pad)"
+)
+DECODER_INPUTS = (
+    "image_embeddings 1x256x(img_size/16)^2; point_coords 1x{points}x2 float32 (x, y) in the resized image's "
+    "pixels; point_labels 1x{points} float32 (1 positive, 0 negative, 2/3 box corners, -1 padding)"
+)
+DECODER_OUTPUTS = "low_res_masks 1x4x(img_size/4)^2 logits (mask 0 single, 1-3 multimask), iou_predictions 1x4"
 
 
 class StaticDecoder(nn.Module):

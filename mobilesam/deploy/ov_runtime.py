@@ -1,0 +1,130 @@
+"""`OpenVinoPredictor`: `encoder.xml` and `decoder.xml` (OpenVINO IR) on OpenVINO's CPU plugin, with the facade's
+prompt API.
+
+Imports numpy, Pillow and `openvino` only: no PyTorch, nothing from the model code. img_size, max_points and the
+files' precision are read from each model's `rt_info` (section `mobilesam`, written by `mobilesam export`) and
+checked against the input shapes. fp32 files are compiled with INFERENCE_PRECISION_HINT=f32 (the CPU plugin's
+default is bf16 on CPUs with AMX / AVX512-BF16, ~1e-2 error), fp16 files with f16 where the CPU plugin lists FP16
+among its capabilities (AVX512-FP16 / AMX-FP16) and f32 elsewhere (asked for f16 there, the plugin silently picks
+bf16, which fails the fp16 check); `inference_precision` says what the compiled models run in. Pre- and
+post-processing are `mobilesam.exported.StaticPredictor`'s, shared with every static-shape runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..exported import StaticPredictor
+from ..transforms import ResizeLongestSide
+
+RT_SECTION = "mobilesam"
+ENCODER_INPUTS = ("image",)
+DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
+HINTS = {"fp32": "f32", "fp16": "f16"}  # file precision -> INFERENCE_PRECISION_HINT
+
+
+def _openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as e:
+        raise ImportError("OpenVinoPredictor needs openvino: pip install 'mobilesam[openvino]'") from e
+    return openvino
+
+
+def _read(core: Any, path: str | os.PathLike, role: str) -> tuple[Any, dict[str, str]]:
+    """The IR model and its `mobilesam` rt_info, after checking the files exist and the model's role."""
+    path = Path(path)
+    for p in (path, path.with_suffix(".bin")):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p} does not exist; write it with `mobilesam export CHECKPOINT --out DIR --format openvino`"
+            )
+    model = core.read_model(str(path))
+    keys = ("role", "img_size", "max_points", "precision")
+    if not all(model.has_rt_info([RT_SECTION, k]) for k in keys):
+        raise ValueError(
+            f"{path} has no `{RT_SECTION}` rt_info: it was not written by `mobilesam export --format openvino`; "
+            "export it again"
+        )
+    meta = {k: model.get_rt_info([RT_SECTION, k]).astype(str) for k in keys}
+    if meta["role"] != role:
+        raise ValueError(f"{path} is a {meta['role']}, not the {role} of a `mobilesam export --format openvino`")
+    if meta["precision"] not in HINTS:
+        raise ValueError(f"{path} is of precision {meta['precision']!r}, which this predictor does not know")
+    return model, meta
+
+
+def _shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    return {next(iter(p.get_names())): tuple(p.get_partial_shape().to_shape()) for p in model.inputs}
+
+
+class OpenVinoPredictor(StaticPredictor):
+    """Segments prompted objects with `encoder.xml` and `decoder.xml`, like `SAM(...).predict`.
+
+    Args:
+        encoder_path: the encoder (`encoder.xml` or `encoder_fp16.xml`; its `.bin` next to it).
+        decoder_path: the decoder of the same export (`decoder.xml` or `decoder_fp16.xml`).
+        threads: the CPU plugin's inference threads (`INFERENCE_NUM_THREADS`; None: OpenVINO's default).
+
+    Attributes:
+        precision: the files' precision ("fp32" or "fp16"), from their rt_info.
+        inference_precision: what the CPU plugin computes in ("f32", "f16"), as the compiled encoder reports it.
+    """
+
+    def __init__(
+        self, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike, threads: int | None = None
+    ) -> None:
+        ov = _openvino()
+        core = ov.Core()
+        enc, enc_meta = _read(core, encoder_path, "encoder")
+        dec, dec_meta = _read(core, decoder_path, "decoder")
+        self.img_size = int(enc_meta["img_size"])
+        decoder_size = int(dec_meta["img_size"])
+        if decoder_size != self.img_size:
+            raise ValueError(
+                f"{encoder_path} expects img_size={self.img_size} but {decoder_path} was exported for "
+                f"img_size={decoder_size}; use the two files of one export"
+            )
+        if enc_meta["precision"] != dec_meta["precision"]:
+            raise ValueError(
+                f"{encoder_path} is {enc_meta['precision']} but {decoder_path} is {dec_meta['precision']}; use the "
+                "two files of one export"
+            )
+        self.max_points = int(dec_meta["max_points"])
+        s, g, p = self.img_size, self.img_size // 16, self.max_points
+        want = {
+            "encoder": {"image": (1, 3, s, s)},
+            "decoder": {"image_embeddings": (1, 256, g, g), "point_coords": (1, p, 2), "point_labels": (1, p)},
+        }
+        for role, model, path in (("encoder", enc, encoder_path), ("decoder", dec, decoder_path)):
+            if _shapes(model) != want[role]:
+                raise ValueError(f"{path} takes inputs {_shapes(model)}, not {want[role]}: export it again")
+        self.precision = enc_meta["precision"]
+        hint = HINTS[self.precision]
+        if hint == "f16" and "FP16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            hint = "f32"  # asked for f16, the plugin of a CPU without it picks bf16, which fails the fp16 check
+        key = ov.properties.hint.inference_precision()
+        config: dict[str, Any] = {key: hint}
+        if threads:
+            config[ov.properties.inference_num_threads()] = int(threads)
+        self._encoder = core.compile_model(enc, "CPU", config)
+        if self._encoder.get_property(key).get_type_name() != hint:  # the plugin chose otherwise: insist on f32
+            config[key] = "f32"
+            self._encoder = core.compile_model(enc, "CPU", config)
+        self._decoder = core.compile_model(dec, "CPU", config)
+        self.inference_precision = self._encoder.get_property(key).get_type_name()
+        self._enc_request = self._encoder.create_infer_request()
+        self._dec_request = self._decoder.create_infer_request()
+        self.transform = ResizeLongestSide(self.img_size)
+
+    def _encode(self, image: np.ndarray) -> np.ndarray:
+        out = self._enc_request.infer({"image": image})  # copies the outputs (share_outputs=False)
+        return out["image_embeddings"]
+
+    def _decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self._dec_request.infer({"image_embeddings": features, "point_coords": coords, "point_labels": labels})
+        return out["low_res_masks"], out["iou_predictions"]
