@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from ..modeling import Sam
 from .lowering import LinearLayerNorm
-from .static_decoder import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT, StaticDecoder
+from .static_decoder import StaticDecoder, example_inputs, interface
 
 if TYPE_CHECKING:
     from .formats import ExportOptions
@@ -118,17 +118,7 @@ def _restore_layer_norms(module: nn.Module) -> nn.Module:
     return module
 
 
-def example_inputs(img_size: int, max_points: int) -> dict[str, tuple[Tensor, ...]]:
-    """Inputs to export each graph with: a normalised padded image; one positive point, the rest padding."""
-    g = img_size // 16
-    coords = torch.zeros(1, max_points, 2)
-    coords[0, 0] = torch.tensor([img_size / 3, img_size / 5])
-    labels = torch.full((1, max_points), -1.0)
-    labels[0, 0] = 1.0
-    return {"encoder": (torch.randn(1, 3, img_size, img_size),), "decoder": (torch.randn(1, 256, g, g), coords, labels)}
-
-
-def interface(role: str, img_size: int, max_points: int) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
+def io_shapes(role: str, img_size: int, max_points: int) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
     """The graph's float32 inputs and outputs, name -> shape, in order."""
     g = img_size // 16
     if role == "encoder":
@@ -242,7 +232,7 @@ def validate(
     """Checks a written package without running it (Core ML runs on macOS and iOS only).
 
     Reloads the package from disk (`ct.models.MLModel(path, skip_model_load=True)`; its ML program from the spec
-    and the weight file) and checks: an ML program for `TARGET`; the inputs and outputs of `interface` (names,
+    and the weight file) and checks: an ML program for `TARGET`; the inputs and outputs of `io_shapes` (names,
     order, shapes, float32); the metadata `CoreMLPredictor` reads; every MIL op in coremltools' opset for `TARGET`;
     in fp32, no float16 value anywhere; in fp16, every `FP32_OPS` op computing in float32 (its input, scale,
     shift and output) and every conv and linear layer computing in float16 with a float16 constant weight.
@@ -282,7 +272,7 @@ def validate(
     for kind, features, shapes in zip(
         ("inputs", "outputs"),
         (spec.description.input, spec.description.output),
-        interface(role, img_size, options.max_points),
+        io_shapes(role, img_size, options.max_points),
     ):
         got = [
             (f.name, tuple(f.type.multiArrayType.shape), array.ArrayDataType.Name(f.type.multiArrayType.dataType))
@@ -440,10 +430,7 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     )
     structure = {role: validate(path, role, options, model.img_size) for role, path in files.items()}
     info = {
-        "encoder_input": ENCODER_INPUT,
-        "decoder_inputs": DECODER_INPUTS.format(points=options.max_points),
-        "decoder_outputs": DECODER_OUTPUTS,
-        "max_points": options.max_points,
+        **interface(options.max_points),
         "inputs": {"encoder": [ENCODER_INPUT_NAME], "decoder": list(DECODER_INPUT_NAMES)},
         "outputs": {"encoder": [ENCODER_OUTPUT_NAME], "decoder": list(DECODER_OUTPUT_NAMES)},
         "minimum_deployment_target": f"{TARGET} / macOS 13",

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..modeling import Sam
 from .lowering import DECOMPOSITIONS, INT8_DECOMPOSITIONS, xnnpack_encoder
-from .static_decoder import DECODER_INPUTS, DECODER_OUTPUTS, DEFAULT_MAX_POINTS, ENCODER_INPUT, StaticDecoder
+from .static_decoder import DEFAULT_MAX_POINTS, StaticDecoder, example_inputs, interface
 
 if TYPE_CHECKING:
     from .formats import ExportOptions
@@ -42,16 +42,6 @@ def require() -> None:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
     except ImportError as e:
         raise ImportError("exporting ExecuTorch programs needs executorch: pip install 'mobilesam[executorch]'") from e
-
-
-def example_inputs(img_size: int, max_points: int = DEFAULT_MAX_POINTS) -> dict[str, tuple[Tensor, ...]]:
-    """Inputs to export each program with: a normalised padded image; one positive point, the rest padding."""
-    g = img_size // 16
-    coords = torch.zeros(1, max_points, 2)
-    coords[0, 0] = torch.tensor([img_size / 3, img_size / 5])
-    labels = torch.full((1, max_points), -1.0)
-    labels[0, 0] = 1.0
-    return {"encoder": (torch.randn(1, 3, img_size, img_size),), "decoder": (torch.randn(1, 256, g, g), coords, labels)}
 
 
 def calibration_images(img_size: int, n: int = CALIBRATION_IMAGES, seed: int = 0) -> list[Tensor]:
@@ -225,10 +215,7 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
         model, out_dir, quantize=options.quantize, max_points=options.max_points, verbose=options.verbose
     )
     info = {
-        "encoder_input": ENCODER_INPUT,
-        "decoder_inputs": DECODER_INPUTS.format(points=options.max_points),
-        "decoder_outputs": DECODER_OUTPUTS,
-        "max_points": options.max_points,
+        **interface(options.max_points),
         "backend": "XNNPACK",
         "int8": options.quantize,
         "delegation": delegation,

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from ..modeling import Sam
-from .static_decoder import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT, StaticDecoder
+from .static_decoder import StaticDecoder, interface
+from .static_decoder import example_inputs as static_example_inputs
 
 if TYPE_CHECKING:
     from .formats import ExportOptions
@@ -90,15 +91,11 @@ class _NamedDecoder(nn.Module):
 
 
 def example_inputs(img_size: int, max_points: int) -> dict[str, dict[str, Tensor]]:
-    """Keyword inputs to convert each graph with (their names become the signature's input names)."""
-    g = img_size // 16
-    coords = torch.zeros(1, max_points, 2)
-    coords[0, 0] = torch.tensor([img_size / 3, img_size / 5])
-    labels = torch.full((1, max_points), -1.0)
-    labels[0, 0] = 1.0
+    """`static_decoder.example_inputs` as keyword inputs (their names become the signature's input names)."""
+    ex = static_example_inputs(img_size, max_points)
     return {
-        "encoder": {ENCODER_INPUT_NAME: torch.randn(1, 3, img_size, img_size)},
-        "decoder": dict(zip(DECODER_INPUT_NAMES, (torch.randn(1, 256, g, g), coords, labels))),
+        "encoder": dict(zip([ENCODER_INPUT_NAME], ex["encoder"])),
+        "decoder": dict(zip(DECODER_INPUT_NAMES, ex["decoder"])),
     }
 
 
@@ -190,10 +187,7 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
         model, out_dir, precision=options.precision, max_points=options.max_points, verbose=options.verbose
     )
     info = {
-        "encoder_input": ENCODER_INPUT,
-        "decoder_inputs": DECODER_INPUTS.format(points=options.max_points),
-        "decoder_outputs": DECODER_OUTPUTS,
-        "max_points": options.max_points,
+        **interface(options.max_points),
         "signature": SIGNATURE,
         "signature_inputs": {"encoder": [ENCODER_INPUT_NAME], "decoder": list(DECODER_INPUT_NAMES)},
         "signature_outputs": {"encoder": [ENCODER_OUTPUT_NAME], "decoder": list(DECODER_OUTPUT_NAMES)},

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..files import sha256_file
 from ..modeling import Sam
 from .lowering import LinearLayerNorm, LinearLayerNorm2d
-from .static_decoder import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT, StaticDecoder
+from .static_decoder import StaticDecoder, example_inputs, interface
 
 if TYPE_CHECKING:
     from .formats import ExportOptions
@@ -72,16 +72,6 @@ def require() -> None:
         openvino.convert_model  # noqa: B018 (the converter ships with the runtime since 2023.1)
     except (ImportError, AttributeError) as e:
         raise ImportError(f"exporting OpenVINO IR needs openvino ({e}): pip install 'mobilesam[openvino]'") from e
-
-
-def example_inputs(img_size: int, max_points: int) -> dict[str, tuple[Tensor, ...]]:
-    """Inputs to convert each graph with: a normalised padded image; one positive point, the rest padding."""
-    g = img_size // 16
-    coords = torch.zeros(1, max_points, 2)
-    coords[0, 0] = torch.tensor([img_size / 3, img_size / 5])
-    labels = torch.full((1, max_points), -1.0)
-    labels[0, 0] = 1.0
-    return {"encoder": (torch.randn(1, 3, img_size, img_size),), "decoder": (torch.randn(1, 256, g, g), coords, labels)}
 
 
 class _LayerNorm2d(nn.Module):
@@ -230,10 +220,7 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     )
     fp16 = options.precision == "fp16"
     info = {
-        "encoder_input": ENCODER_INPUT,
-        "decoder_inputs": DECODER_INPUTS.format(points=options.max_points),
-        "decoder_outputs": DECODER_OUTPUTS,
-        "max_points": options.max_points,
+        **interface(options.max_points),
         "input_names": {"encoder": list(ENCODER_INPUT_NAMES), "decoder": list(DECODER_INPUT_NAMES)},
         "output_names": {"encoder": list(ENCODER_OUTPUT_NAMES), "decoder": list(DECODER_OUTPUT_NAMES)},
         "weight_files": {p.with_suffix(".bin").name: sha256_file(p.with_suffix(".bin")) for p in files.values()},

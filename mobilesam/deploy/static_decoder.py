@@ -37,6 +37,26 @@ DECODER_INPUTS = (
 DECODER_OUTPUTS = "low_res_masks 1x4x(img_size/4)^2 logits (mask 0 single, 1-3 multimask), iou_predictions 1x4"
 
 
+def interface(max_points: int) -> dict[str, object]:
+    """The static graphs' interface as every format's sidecar entry states it."""
+    return {
+        "encoder_input": ENCODER_INPUT,
+        "decoder_inputs": DECODER_INPUTS.format(points=max_points),
+        "decoder_outputs": DECODER_OUTPUTS,
+        "max_points": max_points,
+    }
+
+
+def example_inputs(img_size: int, max_points: int = DEFAULT_MAX_POINTS) -> dict[str, tuple[Tensor, ...]]:
+    """Inputs to export each static graph with: a normalised padded image; one positive point, the rest padding."""
+    g = img_size // 16
+    coords = torch.zeros(1, max_points, 2)
+    coords[0, 0] = torch.tensor([img_size / 3, img_size / 5])
+    labels = torch.full((1, max_points), -1.0)
+    labels[0, 0] = 1.0
+    return {"encoder": (torch.randn(1, 3, img_size, img_size),), "decoder": (torch.randn(1, 256, g, g), coords, labels)}
+
+
 class StaticDecoder(nn.Module):
     """image_embeddings 1x256xgxg, point_coords 1xPx2, point_labels 1xP -> (1x4x4gx4g logits, 1x4 IoUs).
 
