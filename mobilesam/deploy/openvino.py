@@ -206,9 +206,9 @@ def export_openvino(
 
 def cpu_f16() -> bool:
     """Whether this machine's CPU plugin computes in f16 (it lists FP16 among its optimisation capabilities)."""
-    import openvino
+    from .ov_runtime import core
 
-    return "FP16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "FP16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, Path], dict[str, Any]]:

@@ -35,7 +35,24 @@ def _openvino() -> Any:
     return openvino
 
 
-def _read(core: Any, path: str | os.PathLike, role: str) -> tuple[Any, dict[str, str]]:
+_CORE: list[Any] = []
+
+
+def core() -> Any:
+    """The process's one `openvino.Core`, made on first use and kept until exit.
+
+    OpenVINO's CPU plugin (2026.4) installs its own signal stack (`sigaltstack`) on the calling thread when a
+    Core's plugin starts, and puts back the stack it found when that plugin is destroyed. Two Cores destroyed in
+    the order they were made leave the thread on the first plugin's stack, which is unmapped by then: the next
+    signal a Python handler catches (SIGCHLD from a subprocess, once PyTorch's DataLoader has set its handler)
+    kills the process with SIGSEGV. One Core that lives as long as the process never leaves a dangling stack.
+    """
+    if not _CORE:
+        _CORE.append(_openvino().Core())
+    return _CORE[0]
+
+
+def _read(ov_core: Any, path: str | os.PathLike, role: str) -> tuple[Any, dict[str, str]]:
     """The IR model and its `mobilesam` rt_info, after checking the files exist and the model's role."""
     path = Path(path)
     for p in (path, path.with_suffix(".bin")):
@@ -43,7 +60,7 @@ def _read(core: Any, path: str | os.PathLike, role: str) -> tuple[Any, dict[str,
             raise FileNotFoundError(
                 f"{p} does not exist; write it with `mobilesam export CHECKPOINT --out DIR --format openvino`"
             )
-    model = core.read_model(str(path))
+    model = ov_core.read_model(str(path))
     keys = ("role", "img_size", "max_points", "precision")
     if not all(model.has_rt_info([RT_SECTION, k]) for k in keys):
         raise ValueError(
@@ -78,10 +95,9 @@ class OpenVinoPredictor(StaticPredictor):
     def __init__(
         self, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike, threads: int | None = None
     ) -> None:
-        ov = _openvino()
-        core = ov.Core()
-        enc, enc_meta = _read(core, encoder_path, "encoder")
-        dec, dec_meta = _read(core, decoder_path, "decoder")
+        ov, shared = _openvino(), core()
+        enc, enc_meta = _read(shared, encoder_path, "encoder")
+        dec, dec_meta = _read(shared, decoder_path, "decoder")
         self.img_size = int(enc_meta["img_size"])
         decoder_size = int(dec_meta["img_size"])
         if decoder_size != self.img_size:
@@ -105,17 +121,17 @@ class OpenVinoPredictor(StaticPredictor):
                 raise ValueError(f"{path} takes inputs {_shapes(model)}, not {want[role]}: export it again")
         self.precision = enc_meta["precision"]
         hint = HINTS[self.precision]
-        if hint == "f16" and "FP16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if hint == "f16" and "FP16" not in shared.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             hint = "f32"  # asked for f16, the plugin of a CPU without it picks bf16, which fails the fp16 check
         key = ov.properties.hint.inference_precision()
         config: dict[str, Any] = {key: hint}
         if threads:
             config[ov.properties.inference_num_threads()] = int(threads)
-        self._encoder = core.compile_model(enc, "CPU", config)
+        self._encoder = shared.compile_model(enc, "CPU", config)
         if self._encoder.get_property(key).get_type_name() != hint:  # the plugin chose otherwise: insist on f32
             config[key] = "f32"
-            self._encoder = core.compile_model(enc, "CPU", config)
-        self._decoder = core.compile_model(dec, "CPU", config)
+            self._encoder = shared.compile_model(enc, "CPU", config)
+        self._decoder = shared.compile_model(dec, "CPU", config)
         self.inference_precision = self._encoder.get_property(key).get_type_name()
         self._enc_request = self._encoder.create_infer_request()
         self._dec_request = self._decoder.create_infer_request()

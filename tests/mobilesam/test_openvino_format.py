@@ -22,6 +22,9 @@ from mobilesam.transforms import resize_image
 from tests.helpers import rel_err
 
 ov = pytest.importorskip("openvino", reason="openvino is missing: pip install 'mobilesam[openvino]'")
+# OpenVINO's own API on the process's one Core (see `mobilesam.deploy.ov_runtime.core`: a Core of its own per test
+# would leave the thread on an unmapped signal stack, and the next caught signal kills the test run)
+from mobilesam.deploy.ov_runtime import core as ov_core  # noqa: E402
 
 IMG = np.random.default_rng(7).integers(0, 255, (300, 410, 3), dtype=np.uint8)  # resized to 187 x 256
 TAG = {"fp32": "", "fp16": "_fp16"}
@@ -46,7 +49,7 @@ def _files(exported, precision):
 
 
 def _cpu_f16() -> bool:
-    return "FP16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "FP16" in ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _runtime_precisions(compiled) -> Counter:
@@ -84,7 +87,7 @@ def test_files_run_in_plain_openvino(exported, model, precision):
     """No project code on the runtime side: OpenVINO reads and runs both files by their tensor names, matching
     PyTorch's encoder and mask decoder; img_size, max_points and precision are in the rt_info."""
     enc_path, dec_path = _files(exported, precision)
-    core = ov.Core()
+    core = ov_core()
     enc, dec = core.read_model(enc_path), core.read_model(dec_path)
     assert [p.get_names() for p in enc.inputs] == [{"image"}] and enc.outputs[0].get_names() == {"image_embeddings"}
     shapes = {next(iter(p.get_names())): tuple(p.get_partial_shape().to_shape()) for p in dec.inputs}
@@ -122,7 +125,7 @@ def test_fp16_files_hold_half_precision_weights_and_keep_norms_and_softmax_f32(e
     """fp16: every convolution / matmul weight is an f16 constant (widened by a decompression Convert), the fp32
     files hold no f16 at all, and LayerNorm (MVN) and attention (SDPA) carry the `precise` attribute, under which
     the CPU plugin runs them (and the softmax inside) in f32 while the linear layers compute in f16."""
-    core = ov.Core()
+    core = ov_core()
     for role in ("encoder", "decoder"):
         m16 = core.read_model(exported["fp16"] / f"{role}_fp16.xml")
         weights = [
@@ -207,7 +210,7 @@ def test_predictor_refuses_files_of_another_img_size_role_or_export(exported, tm
         OpenVinoPredictor(enc, enc)
     with pytest.raises(ValueError, match="is fp32 but .* is fp16"):
         OpenVinoPredictor(enc, _files(exported, "fp16")[1])
-    graph = ov.Core().read_model(dec)
+    graph = ov_core().read_model(dec)
     plain = ov.Model(graph.outputs, graph.get_parameters(), "plain")  # the same graph, no `mobilesam` rt_info
     assert not plain.has_rt_info(["mobilesam", "role"])
     ov.save_model(plain, tmp_path / "plain.xml", compress_to_fp16=False)
@@ -218,6 +221,28 @@ def test_predictor_refuses_files_of_another_img_size_role_or_export(exported, tm
     shutil.copy(enc, tmp_path / "encoder.xml")  # the .xml without its .bin
     with pytest.raises(FileNotFoundError, match=r"encoder\.bin does not exist"):
         OpenVinoPredictor(tmp_path / "encoder.xml", dec)
+
+
+def test_predictors_made_and_dropped_in_any_order_leave_signals_working(exported):
+    """Two predictors released in the order they were made, then a signal caught by a Python handler (what a
+    subprocess's SIGCHLD is once PyTorch's DataLoader has set its handler). With a Core per predictor, OpenVINO's
+    CPU plugin left the thread on the first plugin's unmapped signal stack and this process died of SIGSEGV (the
+    crash that stopped the test suite); it must print ok."""
+    import subprocess
+
+    enc, dec = _files(exported, "fp32")
+    code = (
+        "import gc, os, signal\n"
+        "from mobilesam.deploy import OpenVinoPredictor\n"
+        f"a = OpenVinoPredictor({str(enc)!r}, {str(dec)!r})\n"
+        f"b = OpenVinoPredictor({str(enc)!r}, {str(dec)!r})\n"
+        "del a; gc.collect(); del b; gc.collect()\n"
+        "signal.signal(signal.SIGUSR1, lambda *_: None)\n"
+        "os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-2000:])
 
 
 def test_native_layer_norms_keep_the_decoders_numbers(model):
