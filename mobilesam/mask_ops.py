@@ -30,8 +30,11 @@ def upscale_unpadded(logits: Tensor, input_size: tuple[int, int], img_size: int)
     keep_h = min(low, math.ceil(input_size[0] / factor) + 1)
     keep_w = min(low, math.ceil(input_size[1] / factor) + 1)
     logits = logits[..., :keep_h, :keep_w]
-    logits = F.interpolate(logits, (keep_h * factor, keep_w * factor), mode="bilinear", align_corners=False)
-    return logits[..., : input_size[0], : input_size[1]]
+    if is_tracing() or logits.dim() != 4:
+        logits = F.interpolate(logits, (keep_h * factor, keep_w * factor), mode="bilinear", align_corners=False)
+        return logits[..., : input_size[0], : input_size[1]]
+    # The kernel at the full grid's scale, writing only the rows and columns kept (contiguous, no crop copy)
+    return torch.ops.aten.upsample_bilinear2d(logits, list(input_size), False, float(factor), float(factor))
 
 
 def masks_to_boxes(masks: Tensor) -> Tensor:

@@ -4,7 +4,7 @@
 at 1024, an 810x1080 photo, random boxes. Each (path, box count) runs in a fresh subprocess, alternating paths
 round by round, and reports the time of the predict call (image encoding included) and the process's peak
 resident memory (VmHWM: model, image and everything the call allocated):
-- after: `SAM.predict` as it is now (`many_prompts.predict_many`: 16 prompt sets at a time, bool masks per chunk);
+- after: `SAM.predict` as it is now (`many_prompts.predict_many`: 4 prompt sets at a time, bool masks per chunk);
 - before: the previous facade's path, `SamPredictor.predict_torch` over all boxes at once, then `masks_to_boxes`.
 The before path at 500 boxes needs ~12.6 GiB, more than this shared machine may use: it runs at --before-boxes
 and both paths are compared there; the after path also runs at --boxes. Masks of both paths are compared at

@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, gelu_
+
+
+def _act(act: nn.Module, x: Tensor) -> Tensor:
+    """The upscaler's activation; exact GELU (SAM's) in place at inference (`gelu_`)."""
+    return gelu_(x) if type(act) is nn.GELU and act.approximate == "none" else act(x)
 
 
 class MLP(nn.Module):
@@ -144,9 +149,9 @@ class MaskDecoder(nn.Module):
         # weight Cin x Cout x 2 x 2 -> Cin x (2*2*Cout): the output features of one pixel, ordered (a, b, Cout)
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-        y = tokens @ w1 + conv1.bias.repeat(4)
-        y = act1(F.layer_norm(y.view(b, -1, c1), (c1,), norm.weight, norm.bias, norm.eps))
-        z = act2(y @ w2 + conv2.bias.repeat(4)).view(b, -1, c2)
+        y = torch.addmm(conv1.bias.repeat(4), tokens.reshape(-1, tokens.shape[-1]), w1)
+        y = _act(act1, F.layer_norm(y.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
+        z = _act(act2, torch.addmm(conv2.bias.repeat(4), y, w2)).view(b, -1, c2)
         masks = z @ hyper_in.transpose(1, 2)  # B x (h*w*16) x M, rows ordered (i, j, a, b, a2, b2)
         # pixel (4i + 2a + a2, 4j + 2b + b2)
         masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
