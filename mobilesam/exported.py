@@ -9,7 +9,7 @@ Prompt parsing and checks come from `mobilesam.prompts` (the facade's), the resi
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from .io import ImageSource, load_image
+from .io import ImageSource, image_batches, load_image
 from .prompts import PromptError, check_inside, parse_prompts
 from .transforms import preprocess_shape, resize_image
 from .viz import overlay, save_picture
@@ -25,6 +25,15 @@ from .viz import overlay, save_picture
 MASK_THRESHOLD = 0.0
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # SAM's, as `mobilesam.modeling.sam`
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+
+
+def require_export(path: str | os.PathLike, fmt: str) -> Path:
+    """`path` when it is a file; else an error naming the `mobilesam export` that writes it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; write it with `mobilesam export CHECKPOINT --out DIR --format {fmt}`"
+        )
+    return Path(path)
 
 
 def masks_to_boxes_np(masks: np.ndarray) -> np.ndarray:
@@ -102,6 +111,15 @@ def checked_prompts(
     return pts, labs, boxes
 
 
+def each_object(
+    pts: np.ndarray | None, labs: np.ndarray | None, boxes: np.ndarray | None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Each object's points (Nx2, maybe none), labels (N) and box (4, or None) from `checked_prompts`' arrays."""
+    for i in range(len(pts) if pts is not None else len(boxes)):
+        coords = pts[i] if pts is not None else np.zeros((0, 2))
+        yield coords, labs[i] if labs is not None else np.zeros(0, np.int64), boxes[i] if boxes is not None else None
+
+
 def object_prompts(
     transform: Any,
     original_size: tuple[int, int],
@@ -141,19 +159,56 @@ def _resize_axis(x: np.ndarray, axis: int, out_size: int, keep: int | None = Non
     shape = [1] * x.ndim
     shape[axis] = -1
     frac = frac.reshape(shape)
-    return x.take(i0, axis=axis) * (1 - frac) + x.take(i1, axis=axis) * frac
+    out, right = x.take(i0, axis=axis), x.take(i1, axis=axis)  # in place from here: no more full-size arrays
+    out *= 1 - frac
+    right *= frac
+    out += right
+    return out
 
 
-def upscale_masks(low_res: np.ndarray, img_size: int, original_size: tuple[int, int]) -> np.ndarray:
-    """MxSxS low-resolution logits of the padded frame -> MxHxW logits at the original size.
+def upscale_masks(
+    low_res: np.ndarray, img_size: int, original_size: tuple[int, int], threshold: float | None = None
+) -> np.ndarray:
+    """MxSxS low-resolution logits of the padded frame -> MxHxW logits at the original size, or with a
+    `threshold` the MxHxW bool masks `logits > threshold`.
 
     SAM's postprocessing (upscale to img_size, remove the padding, upscale to (H, W)) one axis at a time, with
-    PyTorch's bilinear taps and weights; only the img_size rows and columns inside the crop are computed.
+    PyTorch's bilinear taps and weights and its order (along the width, then the height); only the img_size rows
+    and columns inside the crop are computed. The last pass, the largest, makes booleans directly: an output
+    between two rows on the same side of the threshold is on that side too (a convex combination), so only the
+    outputs between rows on either side (the mask border) are interpolated, with the same float32 operations as
+    the full pass (`_above_rows`).
     """
     h, w = preprocess_shape(original_size[0], original_size[1], img_size)
     x = low_res.astype(np.float32)
-    x = _resize_axis(_resize_axis(x, -2, img_size, keep=h), -1, img_size, keep=w)
-    return _resize_axis(_resize_axis(x, -2, original_size[0]), -1, original_size[1])
+    x = _resize_axis(_resize_axis(x, -1, img_size, keep=w), -2, img_size, keep=h)
+    x = _resize_axis(x, -1, original_size[1])
+    if threshold is None:
+        return _resize_axis(x, -2, original_size[0])
+    return _above_rows(x, original_size[0], threshold)
+
+
+DENSE_BORDER = 0.1  # above this fraction of rows pairs on either side of the threshold, interpolate everything
+
+
+def _above_rows(x: np.ndarray, out_size: int, threshold: float) -> np.ndarray:
+    """`_resize_axis(x, -2, out_size) > threshold` for MxHxW `x`, interpolating only the outputs whose two taps
+    disagree."""
+    above = x > threshold
+    # edge[:, i]: rows i and i + 1 lie on either side; outputs with taps (i, i + 1) must be interpolated
+    edge = np.zeros_like(above)
+    np.not_equal(above[:, :-1], above[:, 1:], out=edge[:, :-1])
+    if edge.mean() > DENSE_BORDER:  # noise-like logits (random weights): the border is everywhere
+        return _resize_axis(x, -2, out_size) > threshold
+    i0, i1, frac = _taps(x.shape[-2], out_size, out_size)
+    border = edge.take(i0, axis=-2)  # take: C-contiguous, so the flat indices below address it
+    border &= (i1 != i0)[:, None]
+    out = above.take(i0, axis=-2)
+    plane, row, col = np.unravel_index(np.flatnonzero(border), border.shape)
+    f = frac[row]
+    values = x[plane, i0[row], col] * (1 - f) + x[plane, i1[row], col] * f
+    out[plane, row, col] = values > threshold
+    return out
 
 
 def assemble(
@@ -161,8 +216,10 @@ def assemble(
     outputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     prompts: dict[str, Any],
 ) -> DeployResults:
-    """Per-object (CxHxW logits, C IoUs, CxSxS low-res logits) -> one `DeployResults` (object-major)."""
-    masks = np.concatenate([m for m, _, _ in outputs]) > MASK_THRESHOLD
+    """Per-object (CxHxW logits or bool masks, C IoUs, CxSxS low-res logits) -> one `DeployResults` (object-major)."""
+    masks = np.concatenate([m for m, _, _ in outputs])
+    if masks.dtype != np.bool_:
+        masks = masks > MASK_THRESHOLD
     return DeployResults(
         orig_img=emb.image,
         masks=masks,
@@ -177,6 +234,11 @@ class RuntimePredictor:
     """What every runtime predictor shares on top of its own `embed(image) -> Embedding` and
     `decode(embedding, points, labels, bboxes, multimask_output) -> DeployResults`: `predict` over images."""
 
+    def embed_images(self, sources: Sequence[ImageSource]) -> list[Embedding]:
+        """Embeds images in one encoder call where the runtime's encoder takes a batch (see `StaticPredictor`);
+        here, one at a time (the ONNX encoder takes one resized image of its own size)."""
+        return [self.embed(s) for s in sources]
+
     def predict(
         self,
         source: ImageSource | Sequence[ImageSource],
@@ -184,18 +246,22 @@ class RuntimePredictor:
         labels: Any = None,
         bboxes: Any = None,
         multimask_output: bool = False,
+        batch_size: int = 1,
     ) -> list[DeployResults]:
         """Segments the prompted objects in one image or a list of images, as `mobilesam.SAM.predict`.
 
         `source` is a path, PIL image, HxWx3 uint8 array, or a list of them; prompts are in original pixels, nested
-        as Ultralytics nests them (see the README). Returns one `DeployResults` per image.
+        as Ultralytics nests them (see the README). `batch_size` images go through the encoder per call
+        (`embed_images`; the same results as one at a time). Returns one `DeployResults` per image.
         """
         sources = list(source) if isinstance(source, (list, tuple)) else [source]
         results = []
-        for s in sources:
-            r = self.decode(self.embed(s), points, labels, bboxes, multimask_output)
-            r.path = str(s) if isinstance(s, (str, os.PathLike)) else None
-            results.append(r)
+        for group in image_batches(sources, batch_size):
+            embedded = self.embed_images(group) if batch_size > 1 else [self.embed(group[0])]
+            for s, emb in zip(group, embedded, strict=True):
+                r = self.decode(emb, points, labels, bboxes, multimask_output)
+                r.path = str(s) if isinstance(s, (str, os.PathLike)) else None
+                results.append(r)
         return results
 
 
@@ -214,6 +280,11 @@ class StaticPredictor(RuntimePredictor):
         """1x3xSxS float32 normalised padded image -> 1x256x(S/16)x(S/16) float32 embedding."""
         raise NotImplementedError
 
+    def _encode_batch(self, images: np.ndarray) -> np.ndarray:
+        """Bx3xSxS -> Bx256x(S/16)x(S/16). Graphs exported for one image (ExecuTorch, LiteRT, Core ML: static
+        shapes) run the images one by one; a runtime whose encoder takes a batch (OpenVINO) overrides this."""
+        return np.concatenate([np.asarray(self._encode(x[None]), np.float32) for x in images])
+
     def _decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Embedding, 1xPx2 float32 coordinates (resized frame), 1xP float32 labels -> (1x4x(S/4)^2 logits, 1x4)."""
         raise NotImplementedError
@@ -224,6 +295,14 @@ class StaticPredictor(RuntimePredictor):
         resized = np.asarray(resize_image(image, self.img_size))
         features = np.asarray(self._encode(normalize_pad(resized, self.img_size)), np.float32)
         return Embedding(features, image.shape[:2], resized.shape[:2], image)
+
+    def embed_images(self, sources: Sequence[ImageSource]) -> list[Embedding]:
+        """Embeds images in one encoder call (`_encode_batch`); the same embeddings as `embed` one at a time."""
+        images = [load_image(s) for s in sources]
+        resized = [np.asarray(resize_image(im, self.img_size)) for im in images]
+        batch = np.concatenate([normalize_pad(r, self.img_size) for r in resized])
+        features = np.asarray(self._encode_batch(batch), np.float32)
+        return [Embedding(f[None], im.shape[:2], r.shape[:2], im) for f, im, r in zip(features, images, resized)]
 
     def _decode_object(
         self, emb: Embedding, coords: np.ndarray, labels: np.ndarray, box: np.ndarray | None
@@ -253,12 +332,10 @@ class StaticPredictor(RuntimePredictor):
         """Masks for prompts on an embedded image; prompts as in `predict`."""
         pts, labs, boxes = checked_prompts(points, labels, bboxes, emb.original_size)
         sl = slice(1, 4) if multimask_output else slice(0, 1)  # mask 0 single-mask, 1-3 multimask
-        n = len(pts) if pts is not None else len(boxes)
         outputs = []
-        for i in range(n):
-            coords = pts[i] if pts is not None else np.zeros((0, 2))
-            labels_i = labs[i] if labs is not None else np.zeros(0, np.int64)
-            low_res, iou = self._decode_object(emb, coords, labels_i, boxes[i] if boxes is not None else None)
+        for coords, labels_i, box in each_object(pts, labs, boxes):
+            low_res, iou = self._decode_object(emb, coords, labels_i, box)
             low_res = low_res[sl]
-            outputs.append((upscale_masks(low_res, self.img_size, emb.original_size), iou[sl], low_res))
+            masks = upscale_masks(low_res, self.img_size, emb.original_size, threshold=MASK_THRESHOLD)
+            outputs.append((masks, iou[sl], low_res))
         return assemble(emb, outputs, {"points": pts, "labels": labs, "boxes": boxes})

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .build import build_sam
 from .device import choose_device
-from .io import ImageSource, load_image
+from .io import ImageSource, image_batches, load_image
 from .many_prompts import predict_many
 from .mask_ops import masks_to_boxes
 from .predictor import SamPredictor
@@ -130,11 +130,8 @@ class SAM:
             return [self._everything(s, everything_options or {}) for s in sources]
         if everything_options:
             raise PromptError("everything_options apply only to segment-everything (no points and no bboxes)")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive int (images per encoder batch)")
         out = []
-        for start in range(0, len(sources), batch_size):
-            group = sources[start : start + batch_size]
+        for group in image_batches(sources, batch_size):
             images = [load_image(s) for s in group]
             embedded = self.predictor.embed_images(images) if batch_size > 1 else [None] * len(group)
             out += [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from typing import Union
 
 import numpy as np
@@ -115,3 +116,11 @@ def load_image(source: ImageSource) -> np.ndarray:
     raise ImageReadError(
         f"cannot use a {type(source).__name__} as an image: pass a path, a PIL image or an HxWx3 uint8 array"
     )
+
+
+def image_batches(sources: list, batch_size: int) -> Iterator[list]:
+    """`sources` in groups of `batch_size` (the last one shorter), after checking `batch_size`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int (images per encoder batch)")
+    for start in range(0, len(sources), batch_size):
+        yield sources[start : start + batch_size]

@@ -2,7 +2,8 @@
 
 `python scripts/benchmark.py batch [--images 8] [--batch-sizes 1,4,8] [--rounds 3]`: random vit_t weights at
 1024, 810x1080 images, one point each; batch sizes interleaved round by round; median images/s and the ratio of
-each batch size to batch_size=1 (paired rounds).
+each batch size to batch_size=1 (paired rounds). With `--encoder F --decoder F` (files of `mobilesam export`) the
+same for that runtime's predictor (`load_predictor(...).predict(images, batch_size=N)`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,18 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--encoder", default=None, help="an exported encoder (.onnx, .pte, .xml, .tflite)")
+    ap.add_argument("--decoder", default=None, help="the decoder of the same export")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    sam = SAM(None, device=args.device, img_size=1024)
+    if args.encoder:
+        from mobilesam.deploy import load_predictor
+
+        sam = load_predictor(args.encoder, args.decoder, threads=args.threads)
+        args.device = f"{type(sam).__name__} ({Path(args.encoder).name})"
+    else:
+        sam = SAM(None, device=args.device, img_size=1024)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (810, 1080, 3), dtype=np.uint8) for _ in range(args.images)]
     sizes = [int(b) for b in args.batch_sizes.split(",")]

@@ -70,7 +70,9 @@ def main(argv: list[str]) -> int:
             (out / "onnx" / name).replace(out / name)
     model = build_sam("vit_t", out / "mobile_sam.pt")
     et32 = ExecuTorchPredictor(out / "encoder.pte", out / "decoder.pte", threads=args.threads)
-    et8 = ExecuTorchPredictor(out / "encoder_int8.pte", out / "decoder_int8.pte") if int8 else None
+    et8 = None
+    if int8:
+        et8 = ExecuTorchPredictor(out / "encoder_int8.pte", out / "decoder_int8.pte", threads=args.threads)
     ort = OnnxPredictor(out / "encoder.onnx", out / "decoder.onnx", threads=args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, CPU, random weights")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -12,6 +13,16 @@ def rel_err(a: Tensor, b: Tensor) -> float:
     """DESIGN.md's relative error: max|a - b| / max|b| over the whole tensor."""
     a, b = a.detach().float(), b.detach().float()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def _batchnorm_statistics_(model: nn.Module, g: torch.Generator, mean_scale: float) -> nn.Module:
+    """Random BatchNorm statistics: variances in [0.5, 1.5], means of +-mean_scale."""
+    for name, b in model.named_buffers():
+        if name.endswith("running_var"):
+            b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+        elif name.endswith("running_mean"):
+            b.copy_(torch.randn(b.shape, generator=g) * mean_scale)
+    return model
 
 
 @torch.no_grad()
@@ -26,12 +37,7 @@ def perturb_(model: nn.Module, seed: int = 0, scale: float = 0.02) -> nn.Module:
         p.add_(
             torch.randn(p.shape, generator=g) * scale * (5 if "rel_pos" in name or "attention_biases" in name else 1)
         )
-    for name, b in model.named_buffers():
-        if name.endswith("running_var"):
-            b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-        elif name.endswith("running_mean"):
-            b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-    return model
+    return _batchnorm_statistics_(model, g, mean_scale=0.1)
 
 
 @torch.no_grad()
@@ -50,12 +56,7 @@ def perturb_keeping_input_(model: nn.Module, seed: int = 0) -> nn.Module:
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
         elif p.ndim == 1:
             p.add_(torch.randn(p.shape, generator=g) * 0.005)
-    for name, b in model.named_buffers():
-        if name.endswith("running_var"):
-            b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-        elif name.endswith("running_mean"):
-            b.copy_(torch.randn(b.shape, generator=g) * 0.01)
-    return model
+    return _batchnorm_statistics_(model, g, mean_scale=0.01)
 
 
 def official_registry():
@@ -104,3 +105,16 @@ def object_logits(n: int, steepness: float, seed: int, size: int = 256) -> Tenso
         rx, ry = torch.rand(2, generator=g) * (size * 0.3) + 2
         out.append((steepness * (1 - ((xx - cx) / rx) ** 2 - ((yy - cy) / ry) ** 2)).clamp(min=-30))
     return torch.stack(out)
+
+
+def assert_embeds_alike_and_fresh(predictor, one_thread, image: np.ndarray) -> None:
+    """A runtime predictor's `embed` agrees with its one-thread twin, and every call returns a new array (not the
+    runtime's output buffer, which the next call overwrites)."""
+    a, b = predictor.embed(image), one_thread.embed(image)
+    assert a.features.shape == (1, 256, 16, 16)
+    np.testing.assert_allclose(a.features, b.features, rtol=0, atol=1e-4)
+    kept = a.features.copy()
+    c = predictor.embed(np.full_like(image, 200))
+    np.testing.assert_array_equal(a.features, kept)
+    assert np.abs(c.features - kept).max() > 0.1
+    np.testing.assert_array_equal(kept, predictor.embed(image).features)

@@ -367,8 +367,6 @@ def export_coreml(
     from .formats import file_name
 
     require()
-    if max_points < 2:
-        raise ValueError(f"max_points={max_points} must be at least 2 (a box is two points)")
     model = model.eval()
     s = model.img_size
     ex = example_inputs(s, max_points)

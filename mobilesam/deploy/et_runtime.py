@@ -7,12 +7,11 @@ model code. Pre- and post-processing are `mobilesam.exported.StaticPredictor`'s,
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..exported import StaticPredictor
+from ..exported import StaticPredictor, require_export
 from ..transforms import ResizeLongestSide
 
 
@@ -21,11 +20,7 @@ def _program(path: str | os.PathLike) -> Any:
         from executorch.runtime import Runtime
     except ImportError as e:
         raise ImportError("ExecuTorchPredictor needs executorch: pip install 'mobilesam[executorch]'") from e
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; write it with `mobilesam export CHECKPOINT --out DIR --format executorch`"
-        )
-    return Runtime.get().load_program(Path(path))
+    return Runtime.get().load_program(require_export(path, "executorch"))
 
 
 def _constant(program: Any, name: str, path: str | os.PathLike) -> int:

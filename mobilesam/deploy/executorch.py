@@ -11,7 +11,6 @@ and zero-padded at the bottom and right (the predictor resizes with PIL and norm
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..files import write_bytes
 from ..modeling import Sam
 from .lowering import DECOMPOSITIONS, INT8_DECOMPOSITIONS, xnnpack_encoder
 from .static_decoder import DEFAULT_MAX_POINTS, StaticDecoder, example_inputs, interface
@@ -129,15 +129,6 @@ def delegation_report(info: Any) -> dict[str, Any]:
     }
 
 
-def _write(data: bytes, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-    os.chmod(f.name, 0o644)  # a temp file is private; the program is an ordinary output file
-    os.replace(f.name, path)
-    return path
-
-
 def export_executorch(
     model: Sam,
     out_dir: str | os.PathLike,
@@ -163,8 +154,6 @@ def export_executorch(
             XNNPACK (nothing is written then).
     """
     require()
-    if max_points < 2:
-        raise ValueError(f"max_points={max_points} must be at least 2 (a box is two points)")
     model = model.eval()
     s = model.img_size
     ex = example_inputs(s, max_points)
@@ -192,7 +181,7 @@ def export_executorch(
             raise RuntimeError(f"{name}: these ops were left to portable kernels instead of XNNPACK: {left}")
         staged[role] = (data, out / name)
         reports[name] = delegation_report(info)
-    return {role: _write(data, path) for role, (data, path) in staged.items()}, reports
+    return {role: write_bytes(path, data) for role, (data, path) in staged.items()}, reports
 
 
 @torch.no_grad()

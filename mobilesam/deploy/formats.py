@@ -123,8 +123,9 @@ def check_options(formats: Sequence[str], options: ExportOptions) -> None:
                 f"--format {name} has no int8 export: drop --quantize, or export {name} separately without it"
             )
         f.writer().require()
-    if options.max_points < 2:
-        raise ValueError(f"max_points={options.max_points} must be at least 2 (a box is two points)")
+    from .static_decoder import check_max_points  # imports torch: only when exporting
+
+    check_max_points(options.max_points)
 
 
 def pairs(files: Mapping[str, Path], precision: str) -> list[tuple[str, Path, Path]]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..files import write_bytes
 from ..modeling import Sam
 from .static_decoder import StaticDecoder, interface
 from .static_decoder import example_inputs as static_example_inputs
@@ -135,15 +135,6 @@ def convert(module: nn.Module, kwargs: dict[str, Tensor], precision: str = "fp32
         return bytes(edge.model_content())  # the flatbuffer (`edge.export(path)` writes the same bytes)
 
 
-def _write(data: bytes, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-    os.chmod(f.name, 0o644)  # a temp file is private; the model is an ordinary output file
-    os.replace(f.name, path)
-    return path
-
-
 def export_litert(
     model: Sam, out_dir: str | os.PathLike, precision: str = "fp32", max_points: int = 8, verbose: bool = False
 ) -> tuple[dict[str, Path], dict[str, float]]:
@@ -162,8 +153,6 @@ def export_litert(
     from .formats import file_name
 
     require()
-    if max_points < 2:
-        raise ValueError(f"max_points={max_points} must be at least 2 (a box is two points)")
     model = model.eval()
     ex = example_inputs(model.img_size, max_points)
     modules = {
@@ -176,7 +165,7 @@ def export_litert(
         staged[role] = convert(module, ex[role], precision, verbose)
         seconds[role] = round(time.perf_counter() - start, 1)
     out = Path(out_dir)
-    return {role: _write(data, out / file_name(role, SUFFIX, precision)) for role, data in staged.items()}, seconds
+    return {role: write_bytes(out / file_name(role, SUFFIX, precision), data) for role, data in staged.items()}, seconds
 
 
 def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, Path], dict[str, Any]]:

@@ -10,12 +10,11 @@ them); img_size and max_points are read from the input shapes. Pre- and post-pro
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..exported import StaticPredictor
+from ..exported import StaticPredictor, require_export
 from ..transforms import ResizeLongestSide
 
 SIGNATURE = "serving_default"
@@ -31,10 +30,7 @@ def _runner(path: str | os.PathLike, threads: int | None, inputs: tuple[str, ...
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as e:
         raise ImportError("LiteRtPredictor needs ai-edge-litert: pip install 'mobilesam[litert]'") from e
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; write it with `mobilesam export CHECKPOINT --out DIR --format tflite`"
-        )
+    require_export(path, "tflite")
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     signatures = interpreter.get_signature_list()
     sig = signatures.get(SIGNATURE)

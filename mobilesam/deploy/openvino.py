@@ -1,7 +1,8 @@
 """Writing `encoder.xml` / `decoder.xml` (+ `.bin`): OpenVINO IR converted with OpenVINO's PyTorch frontend.
 
-The encoder takes the image as SAM's encoder sees it (1x3xSxS float32, normalised and zero-padded,
-`mobilesam.exported.normalize_pad`); the decoder is `StaticDecoder` (a fixed number of points per object). Inputs
+The encoder takes the image as SAM's encoder sees it (Bx3xSxS float32, normalised and zero-padded,
+`mobilesam.exported.normalize_pad`; the batch dimension is free, so the predictor embeds a batch of images in one
+call); the decoder is `StaticDecoder` (a fixed number of points per object). Inputs
 and outputs carry the names of the static interface (`image` -> `image_embeddings`; `image_embeddings`,
 `point_coords`, `point_labels` -> `low_res_masks`, `iou_predictions`). Each model's `rt_info` holds, under
 `mobilesam`: `role`, `img_size`, `max_points`, `precision` and the export's stamp, which the predictor reads.
@@ -107,14 +108,26 @@ def native_layer_norms(module: nn.Module) -> nn.Module:
 
 
 def convert(
-    module: nn.Module, args: tuple[Tensor, ...], input_names: tuple[str, ...], output_names: tuple[str, ...]
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    dynamic_batch: bool = False,
 ) -> Any:
-    """One module -> `openvino.Model` with static input shapes and the interface's tensor names."""
+    """One module -> `openvino.Model` with the interface's tensor names; static input shapes, or with
+    `dynamic_batch` a free first dimension of the (single) input (exported from a batch of two: torch.export
+    specialises a dimension of size 1)."""
     import openvino
 
+    shapes = [tuple(a.shape) for a in args]
+    dynamic = None
+    if dynamic_batch:
+        (x,) = args
+        args, shapes = (x.expand(2, *x.shape[1:]).contiguous(),), [(-1, *x.shape[1:])]
+        dynamic = ({0: torch.export.Dim("batch", max=1024)},)
     with torch.no_grad():
-        program = torch.export.export(module.eval(), args)
-        model = openvino.convert_model(program, input=[tuple(a.shape) for a in args])
+        program = torch.export.export(module.eval(), args, dynamic_shapes=dynamic)
+        model = openvino.convert_model(program, input=shapes)
     for port, name in zip(model.inputs, input_names, strict=True):
         port.get_tensor().set_names({name})
     for port, name in zip(model.outputs, output_names, strict=True):
@@ -181,8 +194,6 @@ def export_openvino(
     require()
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"OpenVINO files are fp32 or fp16, not {precision}")
-    if max_points < 2:
-        raise ValueError(f"max_points={max_points} must be at least 2 (a box is two points)")
     model = model.eval()
     s = model.img_size
     ex = example_inputs(s, max_points)
@@ -196,7 +207,8 @@ def export_openvino(
         start = time.perf_counter()
         meta = {**dict(stamp), "role": role, "img_size": s, "max_points": max_points}
         path = out / file_name(role, SUFFIX, precision)
-        files[role], kept[role] = save(convert(module, ex[role], inputs, outputs), path, precision, meta)
+        ir = convert(module, ex[role], inputs, outputs, dynamic_batch=role == "encoder")  # images batch
+        files[role], kept[role] = save(ir, path, precision, meta)
         seconds[role] = round(time.perf_counter() - start, 1)
     report: dict[str, Any] = {"conversion_seconds": seconds}
     if precision == "fp16":
@@ -221,6 +233,7 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     fp16 = options.precision == "fp16"
     info = {
         **interface(options.max_points),
+        "encoder_input": interface(options.max_points)["encoder_input"].replace("1x3xSxS", "Bx3xSxS (any batch B)"),
         "input_names": {"encoder": list(ENCODER_INPUT_NAMES), "decoder": list(DECODER_INPUT_NAMES)},
         "output_names": {"encoder": list(ENCODER_OUTPUT_NAMES), "decoder": list(DECODER_OUTPUT_NAMES)},
         "weight_files": {p.with_suffix(".bin").name: sha256_file(p.with_suffix(".bin")) for p in files.values()},

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..exported import StaticPredictor
+from ..exported import StaticPredictor, require_export
 from ..transforms import ResizeLongestSide
 
 RT_SECTION = "mobilesam"
@@ -56,10 +56,7 @@ def _read(ov_core: Any, path: str | os.PathLike, role: str) -> tuple[Any, dict[s
     """The IR model and its `mobilesam` rt_info, after checking the files exist and the model's role."""
     path = Path(path)
     for p in (path, path.with_suffix(".bin")):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"{p} does not exist; write it with `mobilesam export CHECKPOINT --out DIR --format openvino`"
-            )
+        require_export(p, "openvino")
     model = ov_core.read_model(str(path))
     keys = ("role", "img_size", "max_points", "precision")
     if not all(model.has_rt_info([RT_SECTION, k]) for k in keys):
@@ -76,7 +73,9 @@ def _read(ov_core: Any, path: str | os.PathLike, role: str) -> tuple[Any, dict[s
 
 
 def _shapes(model: Any) -> dict[str, tuple[int, ...]]:
-    return {next(iter(p.get_names())): tuple(p.get_partial_shape().to_shape()) for p in model.inputs}
+    """Input name -> shape, -1 for a dynamic dimension."""
+    dims = {next(iter(p.get_names())): p.get_partial_shape() for p in model.inputs}
+    return {name: tuple(d.get_length() if d.is_static else -1 for d in shape) for name, shape in dims.items()}
 
 
 class OpenVinoPredictor(StaticPredictor):
@@ -112,13 +111,16 @@ class OpenVinoPredictor(StaticPredictor):
             )
         self.max_points = int(dec_meta["max_points"])
         s, g, p = self.img_size, self.img_size // 16, self.max_points
+        # The encoder's batch is free in today's exports (fixed at 1 in earlier ones: those embed one at a time)
+        self.batched = _shapes(enc) == {"image": (-1, 3, s, s)}
         want = {
-            "encoder": {"image": (1, 3, s, s)},
+            "encoder": {"image": (-1 if self.batched else 1, 3, s, s)},
             "decoder": {"image_embeddings": (1, 256, g, g), "point_coords": (1, p, 2), "point_labels": (1, p)},
         }
         for role, model, path in (("encoder", enc, encoder_path), ("decoder", dec, decoder_path)):
             if _shapes(model) != want[role]:
                 raise ValueError(f"{path} takes inputs {_shapes(model)}, not {want[role]}: export it again")
+        self._encoder_model = enc
         self.precision = enc_meta["precision"]
         hint = HINTS[self.precision]
         if hint == "f16" and "FP16" not in shared.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
@@ -127,18 +129,37 @@ class OpenVinoPredictor(StaticPredictor):
         config: dict[str, Any] = {key: hint}
         if threads:
             config[ov.properties.inference_num_threads()] = int(threads)
-        self._encoder = shared.compile_model(enc, "CPU", config)
+        self._encoder = shared.compile_model(self._static_encoder(1), "CPU", config)
         if self._encoder.get_property(key).get_type_name() != hint:  # the plugin chose otherwise: insist on f32
             config[key] = "f32"
-            self._encoder = shared.compile_model(enc, "CPU", config)
+            self._encoder = shared.compile_model(self._static_encoder(1), "CPU", config)
         self._decoder = shared.compile_model(dec, "CPU", config)
+        self._config = config
         self.inference_precision = self._encoder.get_property(key).get_type_name()
-        self._enc_request = self._encoder.create_infer_request()
+        self._enc_requests = {1: self._encoder.create_infer_request()}
         self._dec_request = self._decoder.create_infer_request()
         self.transform = ResizeLongestSide(self.img_size)
 
+    def _static_encoder(self, batch: int) -> Any:
+        """The encoder with its batch fixed (the CPU plugin runs a static shape fastest)."""
+        if not self.batched:
+            return self._encoder_model
+        model = self._encoder_model.clone()
+        model.reshape({"image": [batch, 3, self.img_size, self.img_size]})
+        return model
+
     def _encode(self, image: np.ndarray) -> np.ndarray:
-        out = self._enc_request.infer({"image": image})  # copies the outputs (share_outputs=False)
+        return self._encode_batch(image)
+
+    def _encode_batch(self, images: np.ndarray) -> np.ndarray:
+        """Bx3xSxS in one inference, compiled once per batch size met; earlier exports (batch 1) one by one."""
+        n = len(images)
+        if n > 1 and not self.batched:
+            return super()._encode_batch(images)
+        if n not in self._enc_requests:
+            compiled = core().compile_model(self._static_encoder(n), "CPU", self._config)
+            self._enc_requests[n] = compiled.create_infer_request()
+        out = self._enc_requests[n].infer({"image": images})  # copies the outputs (share_outputs=False)
         return out["image_embeddings"]
 
     def _decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

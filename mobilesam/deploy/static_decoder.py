@@ -47,8 +47,15 @@ def interface(max_points: int) -> dict[str, object]:
     }
 
 
+def check_max_points(max_points: int) -> None:
+    """Refuses a decoder with fewer than 2 prompt slots (a box takes two)."""
+    if max_points < 2:
+        raise ValueError(f"max_points={max_points} must be at least 2 (a box is two points)")
+
+
 def example_inputs(img_size: int, max_points: int = DEFAULT_MAX_POINTS) -> dict[str, tuple[Tensor, ...]]:
     """Inputs to export each static graph with: a normalised padded image; one positive point, the rest padding."""
+    check_max_points(max_points)
     g = img_size // 16
     coords = torch.zeros(1, max_points, 2)
     coords[0, 0] = torch.tensor([img_size / 3, img_size / 5])

@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..exported import DeployResults, Embedding, RuntimePredictor, assemble, checked_prompts, object_prompts
+from ..exported import (
+    DeployResults,
+    Embedding,
+    RuntimePredictor,
+    assemble,
+    checked_prompts,
+    each_object,
+    object_prompts,
+    require_export,
+)
 from ..io import ImageSource, load_image
 from ..transforms import ResizeLongestSide, resize_image
 
@@ -24,8 +32,7 @@ def _session(path: str | os.PathLike, threads: int | None, providers: Sequence[s
         import onnxruntime as ort
     except ImportError as e:
         raise ImportError("OnnxPredictor needs onnxruntime: pip install 'mobilesam[onnx]'") from e
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} does not exist; write it with `mobilesam export CHECKPOINT --out DIR --onnx`")
+    require_export(path, "onnx")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -112,11 +119,8 @@ class OnnxPredictor(RuntimePredictor):
             raise ValueError("this decoder was exported with --single-mask; export without it for multimask output")
         # Mask 0 is the single-mask output, 1-3 the multimask outputs; a single-mask decoder has chosen already
         sl = slice(0, 1) if self.num_masks == 1 or not multimask_output else slice(1, 4)
-        n = len(pts) if pts is not None else len(boxes)
         outputs = []
-        for i in range(n):
-            coords = pts[i] if pts is not None else np.zeros((0, 2))
-            labels_i = labs[i] if labs is not None else np.zeros(0, np.int64)
-            m, s, lr = self._decode_object(emb, coords, labels_i, boxes[i] if boxes is not None else None)
+        for coords, labels_i, box in each_object(pts, labs, boxes):
+            m, s, lr = self._decode_object(emb, coords, labels_i, box)
             outputs.append((m[0, sl], s[0, sl], lr[0, sl]))
         return assemble(emb, outputs, {"points": pts, "labels": labs, "boxes": boxes})

@@ -16,7 +16,7 @@ from mobilesam import build_sam
 from mobilesam.deploy import LiteRtPredictor, load_predictor
 from mobilesam.deploy.formats import ExportOptions
 from mobilesam.transforms import resize_image
-from tests.helpers import rel_err
+from tests.helpers import assert_embeds_alike_and_fresh, rel_err
 
 pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert is missing: pip install 'mobilesam[litert]'")
 pytest.importorskip("litert_torch", reason="litert-torch is not installed: pip install 'mobilesam[litert]'")
@@ -145,14 +145,7 @@ def test_predictor_reads_sizes_from_the_files_and_honours_threads(exported):
     p = load_predictor(enc, dec)
     assert isinstance(p, LiteRtPredictor) and (p.img_size, p.max_points) == (256, 8)
     one = LiteRtPredictor(enc, dec, threads=1)
-    a, b = p.embed(IMG), one.embed(IMG)
-    assert a.features.shape == (1, 256, 16, 16)
-    np.testing.assert_allclose(a.features, b.features, rtol=0, atol=1e-4)
-    kept = a.features.copy()
-    c = p.embed(np.full_like(IMG, 200))  # a second call returns a new array, not the interpreter's buffer
-    np.testing.assert_array_equal(a.features, kept)
-    assert np.abs(c.features - kept).max() > 0.1
-    np.testing.assert_array_equal(kept, p.embed(IMG).features)
+    assert_embeds_alike_and_fresh(p, one, IMG)
 
 
 def test_predictor_refuses_files_of_another_img_size_or_role(exported, tmp_path):

@@ -19,7 +19,7 @@ from mobilesam.deploy import OpenVinoPredictor, load_predictor
 from mobilesam.deploy.formats import ExportOptions
 from mobilesam.files import sha256_file
 from mobilesam.transforms import resize_image
-from tests.helpers import rel_err
+from tests.helpers import assert_embeds_alike_and_fresh, rel_err
 
 ov = pytest.importorskip("openvino", reason="openvino is missing: pip install 'mobilesam[openvino]'")
 # OpenVINO's own API on the process's one Core (see `mobilesam.deploy.ov_runtime.core`: a Core of its own per test
@@ -70,7 +70,7 @@ def test_sidecar_describes_the_files_and_their_check(exported):
         for name, digest in meta["weight_files"].items():
             assert sha256_file(out / name) == digest == everything[name]
         assert meta["max_points"] == 8 and meta["precision"] == precision
-        assert "1x8x2" in meta["decoder_inputs"] and "1x3xSxS float32" in meta["encoder_input"]
+        assert "1x8x2" in meta["decoder_inputs"] and "Bx3xSxS (any batch B) float32" in meta["encoder_input"]
         assert meta["input_names"]["decoder"] == ["image_embeddings", "point_coords", "point_labels"]
         (check,) = meta["check"].values()
         limit = 1e-5 if precision == "fp32" else 5e-3  # measured 1.3e-6 and 1.3e-3
@@ -90,6 +90,7 @@ def test_files_run_in_plain_openvino(exported, model, precision):
     core = ov_core()
     enc, dec = core.read_model(enc_path), core.read_model(dec_path)
     assert [p.get_names() for p in enc.inputs] == [{"image"}] and enc.outputs[0].get_names() == {"image_embeddings"}
+    assert str(enc.inputs[0].get_partial_shape()) == "[?,3,256,256]"  # any batch of images
     shapes = {next(iter(p.get_names())): tuple(p.get_partial_shape().to_shape()) for p in dec.inputs}
     assert shapes == {"image_embeddings": (1, 256, 16, 16), "point_coords": (1, 8, 2), "point_labels": (1, 8)}
     assert [p.get_names() for p in dec.outputs] == [{"low_res_masks"}, {"iou_predictions"}]
@@ -117,6 +118,12 @@ def test_files_run_in_plain_openvino(exported, model, precision):
         ref_masks, ref_iou = model.mask_decoder.predict_masks(ref_emb, pe.get_dense_pe(), sparse, dense)
     tol = 1e-4 if precision == "fp32" else 2e-2
     assert rel_err(torch.from_numpy(emb), ref_emb) < tol
+    # two images in one call: each as it is alone
+    pair = enc_c({"image": torch.cat([x, x.flip(-1)]).numpy()})["image_embeddings"]
+    assert pair.shape == (2, 256, 16, 16)
+    assert rel_err(torch.from_numpy(pair[:1]), torch.from_numpy(emb)) < tol / 10
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(pair[1:]), model.image_encoder(x.flip(-1))) < tol
     assert rel_err(torch.from_numpy(out["low_res_masks"]), ref_masks) < tol
     assert rel_err(torch.from_numpy(out["iou_predictions"]), ref_iou) < tol
 
@@ -184,14 +191,7 @@ def test_predictor_picks_the_inference_precision_and_honours_threads(exported):
 
     one = OpenVinoPredictor(enc, dec, threads=1)
     assert one._encoder.get_property("INFERENCE_NUM_THREADS") == 1
-    a, b = p.embed(IMG), one.embed(IMG)
-    assert a.features.shape == (1, 256, 16, 16)
-    np.testing.assert_allclose(a.features, b.features, rtol=0, atol=1e-4)
-    kept = a.features.copy()
-    c = p.embed(np.full_like(IMG, 200))  # a second call returns a new array, not the request's buffer
-    np.testing.assert_array_equal(a.features, kept)
-    assert np.abs(c.features - kept).max() > 0.1
-    np.testing.assert_array_equal(kept, p.embed(IMG).features)
+    assert_embeds_alike_and_fresh(p, one, IMG)
 
 
 def test_predictor_refuses_files_of_another_img_size_role_or_export(exported, tmp_path):

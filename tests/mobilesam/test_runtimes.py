@@ -98,6 +98,29 @@ def test_embedding_matches_the_facade(case, facade):
     assert error < EMBEDDING[precision]
 
 
+def test_a_batch_of_images_gives_what_one_at_a_time_gives(case):
+    """`predict(images, batch_size=2)`: images of three sizes through the encoder two at a time (OpenVINO in one
+    inference; the static-shape files of the other runtimes one by one), the same embeddings and masks."""
+    name, precision, predictor = case
+    images = [IMG, IMG[::-1, ::-1].copy(), IMG[:200, :150].copy()]
+    alone = [predictor.embed(im) for im in images]
+    together = predictor.embed_images(images)
+    for a, b in zip(alone, together, strict=True):
+        assert b.features.shape == a.features.shape == (1, 256, 16, 16)
+        assert (b.original_size, b.input_size) == (a.original_size, a.input_size)
+        assert np.linalg.norm(b.features - a.features) / np.linalg.norm(a.features) < EMBEDDING[precision] / 10
+    prompts = {"points": [[100, 80], [120, 40]], "labels": [1, 1]}
+    batched = predictor.predict(images, batch_size=2, **prompts)
+    single = predictor.predict(images, **prompts)
+    assert len(batched) == len(single) == 3
+    for a, b in zip(single, batched, strict=True):
+        assert b.masks.shape == a.masks.shape and (b.masks == a.masks).mean() >= TOLERANCE[precision][0]
+        np.testing.assert_allclose(b.scores, a.scores, atol=TOLERANCE[precision][1])
+    assert getattr(predictor, "batched", name == "openvino") == (name == "openvino")
+    with pytest.raises(ValueError, match=r"batch_size=0 must be a positive int"):
+        predictor.predict(images, batch_size=0, **prompts)
+
+
 def _error(fn):
     try:
         fn()
