@@ -257,8 +257,7 @@ class RuntimePredictor:
         sources = list(source) if isinstance(source, (list, tuple)) else [source]
         results = []
         for group in image_batches(sources, batch_size):
-            embedded = self.embed_images(group) if batch_size > 1 else [self.embed(group[0])]
-            for s, emb in zip(group, embedded, strict=True):
+            for s, emb in zip(group, self.embed_images(group), strict=True):
                 r = self.decode(emb, points, labels, bboxes, multimask_output)
                 r.path = str(s) if isinstance(s, (str, os.PathLike)) else None
                 results.append(r)
@@ -291,13 +290,10 @@ class StaticPredictor(RuntimePredictor):
 
     def embed(self, source: ImageSource) -> Embedding:
         """Reads an image (path, PIL image or array, see `mobilesam.io`), resizes it with PIL and embeds it."""
-        image = load_image(source)
-        resized = np.asarray(resize_image(image, self.img_size))
-        features = np.asarray(self._encode(normalize_pad(resized, self.img_size)), np.float32)
-        return Embedding(features, image.shape[:2], resized.shape[:2], image)
+        return self.embed_images([source])[0]
 
     def embed_images(self, sources: Sequence[ImageSource]) -> list[Embedding]:
-        """Embeds images in one encoder call (`_encode_batch`); the same embeddings as `embed` one at a time."""
+        """Embeds images in one encoder call (`_encode_batch`); the same embeddings as one at a time."""
         images = [load_image(s) for s in sources]
         resized = [np.asarray(resize_image(im, self.img_size)) for im in images]
         batch = np.concatenate([normalize_pad(r, self.img_size) for r in resized])

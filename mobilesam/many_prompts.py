@@ -163,7 +163,7 @@ def decode(model: Sam, features: Tensor, points: Tensor, labels: Tensor) -> tupl
 
 # Prompt sets decoded at once: the per-prompt image tokens (4096 x 256 float32 = 4 MiB per prompt at 1024, a few
 # copies alive) and their full-size masks stay bounded: 500 boxes on an 810x1080 photo ~2 GiB peak in all, not 12.6.
-# 4 was the fastest of 1-32 on 1 and 2 threads (the per-chunk B x 4096 x 256 passes stay in cache).
+# 4 was the fastest of 1, 2, 4, 8, 16 on 1 thread and of 4, 8, 16, 32 on 2 threads (smaller B x 4096 x 256 passes).
 CHUNK = 4
 
 

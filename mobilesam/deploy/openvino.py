@@ -232,8 +232,8 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     )
     fp16 = options.precision == "fp16"
     info = {
-        **interface(options.max_points),
-        "encoder_input": interface(options.max_points)["encoder_input"].replace("1x3xSxS", "Bx3xSxS (any batch B)"),
+        **interface(options.max_points, batch="B"),
+        "encoder_batch": "any",
         "input_names": {"encoder": list(ENCODER_INPUT_NAMES), "decoder": list(DECODER_INPUT_NAMES)},
         "output_names": {"encoder": list(ENCODER_OUTPUT_NAMES), "decoder": list(DECODER_OUTPUT_NAMES)},
         "weight_files": {p.with_suffix(".bin").name: sha256_file(p.with_suffix(".bin")) for p in files.values()},

@@ -26,7 +26,7 @@ DEFAULT_MAX_POINTS = 8  # points per object the exported decoder holds (a box ta
 LABELS = (-1, 0, 1, 2, 3)  # padding, negative, positive, box top-left, box bottom-right
 # The static graphs' interface, as every format's sidecar entry states it
 ENCODER_INPUT = (
-    "image 1x3xSxS float32 (S = img_size): the RGB image resized so its long side is S (PIL bilinear), "
+    "image {batch}x3xSxS float32 (S = img_size): the RGB image resized so its long side is S (PIL bilinear), "
     "normalised with SAM's pixel mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375), zero-padded at "
     "the bottom and right (mobilesam.exported.normalize_pad)"
 )
@@ -37,10 +37,10 @@ DECODER_INPUTS = (
 DECODER_OUTPUTS = "low_res_masks 1x4x(img_size/4)^2 logits (mask 0 single, 1-3 multimask), iou_predictions 1x4"
 
 
-def interface(max_points: int) -> dict[str, object]:
-    """The static graphs' interface as every format's sidecar entry states it."""
+def interface(max_points: int, batch: str = "1") -> dict[str, object]:
+    """The static graphs' interface as every format's sidecar entry states it (`batch`: the encoder's batch)."""
     return {
-        "encoder_input": ENCODER_INPUT,
+        "encoder_input": ENCODER_INPUT.format(batch=batch),
         "decoder_inputs": DECODER_INPUTS.format(points=max_points),
         "decoder_outputs": DECODER_OUTPUTS,
         "max_points": max_points,

@@ -70,7 +70,8 @@ def test_sidecar_describes_the_files_and_their_check(exported):
         for name, digest in meta["weight_files"].items():
             assert sha256_file(out / name) == digest == everything[name]
         assert meta["max_points"] == 8 and meta["precision"] == precision
-        assert "1x8x2" in meta["decoder_inputs"] and "Bx3xSxS (any batch B) float32" in meta["encoder_input"]
+        assert "1x8x2" in meta["decoder_inputs"] and "Bx3xSxS float32" in meta["encoder_input"]
+        assert meta["encoder_batch"] == "any"
         assert meta["input_names"]["decoder"] == ["image_embeddings", "point_coords", "point_labels"]
         (check,) = meta["check"].values()
         limit = 1e-5 if precision == "fp32" else 5e-3  # measured 1.3e-6 and 1.3e-3

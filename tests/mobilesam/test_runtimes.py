@@ -116,7 +116,8 @@ def test_a_batch_of_images_gives_what_one_at_a_time_gives(case):
     for a, b in zip(single, batched, strict=True):
         assert b.masks.shape == a.masks.shape and (b.masks == a.masks).mean() >= TOLERANCE[precision][0]
         np.testing.assert_allclose(b.scores, a.scores, atol=TOLERANCE[precision][1])
-    assert getattr(predictor, "batched", name == "openvino") == (name == "openvino")
+    if name == "openvino":  # today's OpenVINO encoder takes the batch in one inference
+        assert predictor.batched
     with pytest.raises(ValueError, match=r"batch_size=0 must be a positive int"):
         predictor.predict(images, batch_size=0, **prompts)
 
