@@ -186,6 +186,9 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
+    from .deploy.formats import FORMATS, PRECISIONS
+
+    formats = FORMATS.values()
     p.add_argument("source", help="mobile_sam.pt, a SAM checkpoint (sam_vit_b_01ec64.pth, ...) or a training .ckpt")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--onnx", action="store_true", help="also write encoder.onnx and decoder.onnx (= --format onnx)")
@@ -193,14 +196,15 @@ def _add_export(p: argparse.ArgumentParser) -> None:
         "--format",
         default="",
         metavar="F[,F]",
-        help="deployment formats, a comma list of onnx, executorch (.pte, XNNPACK), openvino (.xml/.bin), "
-        "tflite (LiteRT), coreml (.mlpackage); each is checked against PyTorch before it is kept",
+        help=f"deployment formats, a comma list of {', '.join(f.help() for f in formats)}; each is checked "
+        "against PyTorch before it is kept",
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "fp16"),
+        choices=PRECISIONS,
         default="fp32",
-        help="fp16 writes *_fp16 files (onnx, openvino, tflite, coreml) with LayerNorm and softmax kept in fp32",
+        help=f"fp16 writes *_fp16 files ({', '.join(f.name for f in formats if 'fp16' in f.precisions)}) with "
+        "LayerNorm and softmax kept in fp32",
     )
     p.add_argument(
         "--max-points",
@@ -212,7 +216,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize",
         action="store_true",
-        help="also write int8 files: dynamic int8 ONNX (implies --onnx without --format), static int8 .pte",
+        help=f"also write the int8 files of {', '.join(f.name for f in formats if f.int8)} (alone: implies --onnx)",
     )
     p.add_argument(
         "--img-size",
@@ -253,7 +257,10 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
         default=None,
         help="weights file (default: the newest outputs/demo/*/mobile_sam.pt, else random)",
     )
-    p.add_argument("--encoder", default=None, help="an exported encoder (.onnx, or .pte through mobilesam.deploy)")
+    from .deploy.formats import FORMATS
+
+    suffixes = ", ".join(f.suffix for f in FORMATS.values())
+    p.add_argument("--encoder", default=None, help=f"an exported encoder ({suffixes}; mobilesam.deploy.load_predictor)")
     p.add_argument("--decoder", default=None, help="the exported decoder that goes with --encoder")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")

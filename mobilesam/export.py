@@ -14,12 +14,14 @@ from typing import Any
 from . import __version__
 from .build import build_from
 from .checkpoint import open_checkpoint, save_state_dict
+from .deploy.formats import ALIASES
 from .files import sha256_file, sha256_path
 
 # File names by variant: Ultralytics picks its model builder by these suffixes
 WEIGHTS_NAMES = {"vit_t": "mobile_sam.pt", "vit_b": "sam_b.pt", "vit_l": "sam_l.pt", "vit_h": "sam_h.pt"}
-# the sidecar's per-format entries (a source's own are not carried over: they describe its files, not ours)
-FORMAT_KEYS = ("onnx", "executorch", "openvino", "tflite", "coreml")
+# the sidecar's per-format entries, under every name a format has had (a source's own are not carried over: they
+# describe its files, not ours)
+FORMAT_KEYS = tuple(ALIASES)
 
 
 def _jsonable(value: Any) -> Any:
@@ -51,12 +53,12 @@ def export(
         source: `mobile_sam.pt`, `sam_vit_{b,l,h}_*.pth` or a training `.ckpt`.
         out_dir: output folder (created).
         onnx: also write `encoder.onnx` and `decoder.onnx` (the same as adding "onnx" to `formats`).
-        opset: ONNX opset (default `mobilesam.onnx.graphs.DEFAULT_OPSET`).
+        opset: ONNX opset (default `mobilesam.deploy.onnx_graphs.DEFAULT_OPSET`).
         quantize: also write the int8 files of the formats that have them (ONNX, ExecuTorch); alone, it means ONNX.
         img_size: the input size, when the source does not say (see `mobilesam.checkpoint.open_checkpoint`).
         single_mask: the ONNX decoder returns one mask chosen as SAM's exported decoder does, instead of all four.
-        formats: deployment formats, keys of `mobilesam.deploy.formats.FORMATS` (onnx, executorch, openvino,
-            tflite, coreml).
+        formats: deployment formats, names or aliases of `mobilesam.deploy.formats.FORMATS` (onnx, executorch,
+            openvino, litert (alias tflite), coreml).
         max_points: points per object the static-shape decoders hold (every format but ONNX; default
             `mobilesam.deploy.static_decoder.DEFAULT_MAX_POINTS`).
         precision: "fp32" or "fp16" (`_fp16` files, for the formats that have half precision).
@@ -80,7 +82,7 @@ def export(
     )
     check_options(formats, options)  # refuse a bad option or a missing runtime before the slow part
     if "onnx" in formats:
-        from .onnx.graphs import DEFAULT_OPSET, check_opset
+        from .deploy.onnx_graphs import DEFAULT_OPSET, check_opset
 
         check_opset(opset or DEFAULT_OPSET)
     src = open_checkpoint(source, img_size)

@@ -84,39 +84,3 @@ def train_shards(teacher_file: Path, tmp_path_factory: pytest.TempPathFactory) -
         shard_size=4,
         teacher=teacher,
     )
-
-
-# the runtime each export format needs, and its extra (tests of a format skip without it)
-FORMAT_RUNTIMES = {
-    "onnx": ("onnxruntime", "onnx"),
-    "executorch": ("executorch.runtime", "executorch"),
-    "openvino": ("openvino", "openvino"),
-    "tflite": ("ai_edge_litert.interpreter", "litert"),
-    "coreml": ("coremltools", "coreml"),
-}
-
-
-@pytest.fixture(scope="session")
-def exported_small(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`exported_small("onnx,executorch", "fp32", quantize=False)` -> the folder `mobilesam export` wrote for
-    `small_checkpoint` with those formats, precision and `--quantize`. Each combination is exported once per
-    session (exports are the slow part of the deploy tests); a format whose runtime is not installed skips the
-    test."""
-    from mobilesam.cli import main
-
-    cache: dict[tuple[str, str, bool], Path] = {}
-
-    def get(formats: str, precision: str = "fp32", quantize: bool = False) -> Path:
-        for f in formats.split(","):
-            module, extra = FORMAT_RUNTIMES[f]
-            pytest.importorskip(module, reason=f"{f} is not installed: pip install 'mobilesam[{extra}]'")
-        key = (formats, precision, quantize)
-        if key not in cache:
-            out = tmp_path_factory.mktemp(f"export_{formats.replace(',', '_')}_{precision}{'_int8' * quantize}")
-            args = ["export", str(small_checkpoint), "--out", str(out), "--format", formats, "--precision", precision]
-            args += ["--quantize"] * quantize
-            assert main(args) == 0
-            cache[key] = out
-        return cache[key]
-
-    return get

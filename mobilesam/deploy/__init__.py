@@ -1,41 +1,45 @@
-"""Deployment runtimes: `load_predictor` picks the runtime by file suffix (`.onnx` ONNX Runtime, `.pte`
-ExecuTorch, `.xml` OpenVINO, `.tflite` LiteRT, `.mlpackage` Core ML).
+"""The deploy wing: every export format (`formats.FORMATS`: ONNX, ExecuTorch, OpenVINO, LiteRT, Core ML), its writer
+and its runtime predictor; `load_predictor` picks the runtime by the files' suffix.
 
 Importing this package imports numpy and Pillow only; each runtime is imported when its predictor is built, and
-the export side (`export_executorch`, `StaticDecoder`, the writers in `mobilesam.deploy.formats`; they need
-PyTorch) only when asked for.
+the export side (`export_onnx`, `export_executorch`, `StaticDecoder`, the writers named in `formats.FORMATS`; they
+need PyTorch) only when asked for.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import lazy_attributes
-from ..exported import DeployResults, Embedding
+from .formats import FORMATS, by_suffix
+from .runtime import DeployResults, Embedding
 
 _EXPORTS = {
+    "OnnxPredictor": "onnx_runtime",
     "ExecuTorchPredictor": "et_runtime",
     "OpenVinoPredictor": "ov_runtime",
     "LiteRtPredictor": "litert_runtime",
     "CoreMLPredictor": "coreml_runtime",
     "StaticDecoder": "static_decoder",
+    "export_onnx": "onnx_export",
     "export_executorch": "executorch",
     "xnnpack_encoder": "lowering",
 }
 
 __all__ = [
+    "FORMATS",
     "CoreMLPredictor",
     "DeployResults",
     "Embedding",
     "ExecuTorchPredictor",
     "LiteRtPredictor",
+    "OnnxPredictor",
     "OpenVinoPredictor",
     "StaticDecoder",
     "export_executorch",
+    "export_onnx",
     "load_predictor",
     "xnnpack_encoder",
 ]
@@ -46,46 +50,38 @@ if TYPE_CHECKING:
     from .executorch import export_executorch
     from .litert_runtime import LiteRtPredictor
     from .lowering import xnnpack_encoder
+    from .onnx_export import export_onnx
+    from .onnx_runtime import OnnxPredictor
     from .ov_runtime import OpenVinoPredictor
     from .static_decoder import StaticDecoder
 
-# suffix -> (runtime name, module, predictor class)
-SUFFIXES = {
-    ".onnx": ("ONNX Runtime", "mobilesam.onnx.runtime", "OnnxPredictor"),
-    ".pte": ("ExecuTorch", "mobilesam.deploy.et_runtime", "ExecuTorchPredictor"),
-    ".xml": ("OpenVINO", "mobilesam.deploy.ov_runtime", "OpenVinoPredictor"),
-    ".tflite": ("LiteRT", "mobilesam.deploy.litert_runtime", "LiteRtPredictor"),
-    ".mlpackage": ("Core ML", "mobilesam.deploy.coreml_runtime", "CoreMLPredictor"),
-}
-
 
 def load_predictor(encoder_path: str | os.PathLike, decoder_path: str | os.PathLike, **kwargs: Any) -> Any:
-    """The predictor for an exported encoder and decoder, chosen by their suffix.
+    """The predictor for an exported encoder and decoder, chosen by their suffix (`formats.FORMATS`).
 
     Args:
         encoder_path: `encoder.onnx`, `encoder.pte`, `encoder.xml`, `encoder.tflite` or `encoder.mlpackage` (or
-            their `_fp16` / `_int8` versions).
+            their `_fp16` / `_int8` versions): the graph suffix of a format of `FORMATS`.
         decoder_path: the decoder file of the same export and format.
         **kwargs: passed to the predictor (`threads`; for ONNX also `providers`, `spin`).
 
     Returns:
-        A predictor with `predict`, `embed` and `decode` and the facade's prompt nesting: `OnnxPredictor`,
-        `ExecuTorchPredictor`, `OpenVinoPredictor`, `LiteRtPredictor` or `CoreMLPredictor`.
+        A predictor with `predict`, `embed` and `decode` and the facade's prompt nesting: the format's runtime
+        predictor (`OnnxPredictor`, `ExecuTorchPredictor`, `OpenVinoPredictor`, `LiteRtPredictor`, ...).
+
+    Raises:
+        ValueError: the suffixes differ or belong to no format. RuntimeError: the format's runtime does not run on
+            this platform (Core ML off macOS).
     """
-    kinds = {Path(p).suffix.lower() for p in (encoder_path, decoder_path)}
-    if len(kinds) != 1 or not kinds <= SUFFIXES.keys():
+    kinds = {by_suffix(Path(p).suffix) for p in (encoder_path, decoder_path)}
+    if len(kinds) != 1 or None in kinds:
         raise ValueError(
             f"cannot pick a runtime for {encoder_path} and {decoder_path}: both must end in one of "
-            f"{sorted(SUFFIXES)} (the encoder and decoder of one export)"
+            f"{sorted(f.suffix for f in FORMATS.values())} (the encoder and decoder of one export)"
         )
-    (suffix,) = kinds
-    runtime, module, cls = SUFFIXES[suffix]
-    if suffix == ".mlpackage" and sys.platform != "darwin":
-        raise RuntimeError(
-            f"Core ML models run on macOS and iOS only (this is {sys.platform}): copy {encoder_path} and "
-            f"{decoder_path} to a Mac, or export another format here (--format onnx, executorch, openvino, tflite)"
-        )
-    return getattr(importlib.import_module(module), cls)(encoder_path, decoder_path, **kwargs)
+    (fmt,) = kinds
+    fmt.require_platform(encoder_path, decoder_path)
+    return fmt.predictor_class()(encoder_path, decoder_path, **kwargs)
 
 
 __getattr__ = lazy_attributes(__name__, _EXPORTS)

@@ -1,7 +1,7 @@
 """Writing `encoder.mlpackage` and `decoder.mlpackage`: Core ML ML programs converted with coremltools.
 
 The encoder takes the image as SAM's encoder sees it (input `image`, 1x3xSxS float32, normalised and zero-padded,
-`mobilesam.exported.normalize_pad`) and returns `image_embeddings`; the decoder is `StaticDecoder` (inputs
+`mobilesam.deploy.runtime.normalize_pad`) and returns `image_embeddings`; the decoder is `StaticDecoder` (inputs
 `image_embeddings`, `point_coords`, `point_labels`; outputs `low_res_masks`, `iou_predictions`). Each package's
 user-defined metadata holds `img_size`, `max_points`, `graph` (encoder or decoder) and `precision`, which
 `CoreMLPredictor` reads. Both are ML programs for iOS 16 / macOS 13 (`TARGET`) or later.
@@ -12,8 +12,7 @@ tensor-to-int cast in `lowering.xnnpack_encoder`). The
 encoder converted is the model's own `image_encoder`: coremltools folds BatchNorm and the attention-bias gather
 into constants itself, and its layer norms become Core ML `layer_norm` ops, which fp16 can keep in float32 one by
 one, where `xnnpack_encoder`'s linear layers with a 1/C vector would round to fp16 (and crash coremltools'
-linear-bias fusion pass). For the same reason the decoder's `LinearLayerNorm`s are turned back into `nn.LayerNorm`s
-(same weights) before conversion.
+linear-bias fusion pass). The decoder's layer norms are `nn.LayerNorm`s too (`StaticDecoder`'s own).
 
 fp16 (`--precision fp16`) is Core ML's half-precision compute (`ct.transform.FP16ComputePrecision`): weights are
 stored as float16 and convolutions, linear layers, matmuls, GELU, the point encoding (`sin`, `cos`) and the
@@ -22,21 +21,19 @@ ops, nothing is decomposed into reductions) takes and returns float32, with cast
 shift in float32. Inputs and outputs are float32 in both precisions. The Neural Engine computes in float16 only,
 so with `compute_units` "ALL" Core ML is expected to place the float32 ops on the CPU or GPU (not measured here).
 
-Core ML runs only on macOS and iOS, so off macOS the export check cannot run these files: `write` validates each
-package structurally instead (on every platform; on a Mac the check then runs them too): `validate` reloads the
-package from disk and checks its interface, metadata, that every MIL op is available for `TARGET`, and in fp16
-where each op computes; `info["checked"]` says what was done.
+Core ML runs only on macOS and iOS (the format's `platforms`), so off macOS the export check cannot run these
+files: `write` validates each package structurally instead (on every platform; on a Mac the check then runs them
+too): `validate` reloads the package from disk and checks its interface, metadata, that every MIL op is available
+for `TARGET`, and in fp16 where each op computes; `info["checked"]` says what was done.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import os
 import shutil
-import sys
 import time
 import warnings
 from collections import Counter
@@ -49,19 +46,17 @@ import torch
 from torch import Tensor, nn
 
 from ..modeling import Sam
-from .lowering import LinearLayerNorm
-from .static_decoder import StaticDecoder, example_inputs, interface
+from .formats import FORMATS, file_name
+from .interface import NAMES, describe, static_shapes
+from .static_decoder import StaticDecoder, example_inputs
 
 if TYPE_CHECKING:
     from .formats import ExportOptions
 
-SUFFIX = ".mlpackage"
+COREML = FORMATS["coreml"]
+SUFFIX = COREML.suffix
 
 TARGET = "iOS16"  # `ct.target.iOS16`, macOS 13: ML programs with float32 layer norms inside an fp16 graph
-ENCODER_INPUT_NAME = "image"
-ENCODER_OUTPUT_NAME = "image_embeddings"
-DECODER_INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels")
-DECODER_OUTPUT_NAMES = ("low_res_masks", "iou_predictions")
 # MIL ops that stay float32 in the fp16 files (the norms are single `layer_norm` ops: nothing is decomposed)
 FP32_OPS = ("layer_norm", "softmax")
 FP16_WEIGHT_OPS = ("conv", "linear")  # ops whose weights fp16 stores in half precision
@@ -91,40 +86,6 @@ class _Encoder(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         return self.encoder(image)
-
-
-class _Decoder(nn.Module):
-    """`StaticDecoder` with `nn.LayerNorm`s (Core ML `layer_norm` ops) in place of its `LinearLayerNorm`s."""
-
-    def __init__(self, decoder: StaticDecoder) -> None:
-        super().__init__()
-        self.decoder = _restore_layer_norms(copy.deepcopy(decoder))
-
-    def forward(self, image_embeddings: Tensor, point_coords: Tensor, point_labels: Tensor) -> tuple[Tensor, Tensor]:
-        return self.decoder(image_embeddings, point_coords, point_labels)
-
-
-def _restore_layer_norms(module: nn.Module) -> nn.Module:
-    """Every `LinearLayerNorm` over the last axis under `module` -> `nn.LayerNorm` with its weights (in place)."""
-    for name, child in list(module.named_children()):
-        if type(child) is LinearLayerNorm:
-            norm = nn.LayerNorm(child.weight.numel(), eps=child.eps)
-            with torch.no_grad():
-                norm.weight.copy_(child.weight)
-                norm.bias.copy_(child.bias)
-            setattr(module, name, norm.requires_grad_(False))
-        else:
-            _restore_layer_norms(child)
-    return module
-
-
-def io_shapes(role: str, img_size: int, max_points: int) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
-    """The graph's float32 inputs and outputs, name -> shape, in order."""
-    g = img_size // 16
-    if role == "encoder":
-        return {ENCODER_INPUT_NAME: (1, 3, img_size, img_size)}, {ENCODER_OUTPUT_NAME: (1, 256, g, g)}
-    shapes = ((1, 256, g, g), (1, max_points, 2), (1, max_points))
-    return dict(zip(DECODER_INPUT_NAMES, shapes)), dict(zip(DECODER_OUTPUT_NAMES, ((1, 4, 4 * g, 4 * g), (1, 4))))
 
 
 def _fp32_op(op: Any) -> bool:
@@ -232,10 +193,10 @@ def validate(
     """Checks a written package without running it (Core ML runs on macOS and iOS only).
 
     Reloads the package from disk (`ct.models.MLModel(path, skip_model_load=True)`; its ML program from the spec
-    and the weight file) and checks: an ML program for `TARGET`; the inputs and outputs of `io_shapes` (names,
-    order, shapes, float32); the metadata `CoreMLPredictor` reads; every MIL op in coremltools' opset for `TARGET`;
-    in fp32, no float16 value anywhere; in fp16, every `FP32_OPS` op computing in float32 (its input, scale,
-    shift and output) and every conv and linear layer computing in float16 with a float16 constant weight.
+    and the weight file) and checks: an ML program for `TARGET`; the inputs and outputs of `static_shapes`
+    (names, order, shapes, float32); the metadata `CoreMLPredictor` reads; every MIL op in coremltools' opset for
+    `TARGET`; in fp32, no float16 value anywhere; in fp16, every `FP32_OPS` op computing in float32 (its input,
+    scale, shift and output) and every conv and linear layer computing in float16 with a float16 constant weight.
 
     Args:
         path: the `.mlpackage`.
@@ -272,7 +233,7 @@ def validate(
     for kind, features, shapes in zip(
         ("inputs", "outputs"),
         (spec.description.input, spec.description.output),
-        io_shapes(role, img_size, options.max_points),
+        static_shapes(role, img_size, options.max_points),
     ):
         got = [
             (f.name, tuple(f.type.multiArrayType.shape), array.ArrayDataType.Name(f.type.multiArrayType.dataType))
@@ -364,15 +325,13 @@ def export_coreml(
     Returns:
         Role -> path, and role -> conversion seconds.
     """
-    from .formats import file_name
-
     require()
     model = model.eval()
     s = model.img_size
     ex = example_inputs(s, max_points)
     jobs = {
-        "encoder": (_Encoder(model.image_encoder), (ENCODER_OUTPUT_NAME,)),
-        "decoder": (_Decoder(StaticDecoder(model, max_points)), DECODER_OUTPUT_NAMES),
+        "encoder": (_Encoder(model.image_encoder), NAMES["encoder"][1]),
+        "decoder": (StaticDecoder(model, max_points), NAMES["decoder"][1]),
     }
     out = Path(out_dir)
     files, seconds = {}, {}
@@ -387,12 +346,12 @@ def export_coreml(
 
 def _checked_note(precision: str) -> str:
     """`info["checked"]`: what `validate` established, and whether Core ML ran the packages (on macOS only)."""
-    ran = sys.platform == "darwin"
+    ran = COREML.runs_here()
     return (
         (
             "validated structurally, then run by Core ML in the export check"
             if ran
-            else "validated structurally, not run (Core ML runs on macOS and iOS only)"
+            else f"validated structurally, not run ({COREML.runtime} runs on {COREML.platform_names()} only)"
         )
         + f": each package reloaded from disk is an ML program for {TARGET} with the interface's input and output "
         "names, shapes and float32 types and the metadata the predictor reads, every MIL op is in coremltools' "
@@ -428,9 +387,9 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     )
     structure = {role: validate(path, role, options, model.img_size) for role, path in files.items()}
     info = {
-        **interface(options.max_points),
-        "inputs": {"encoder": [ENCODER_INPUT_NAME], "decoder": list(DECODER_INPUT_NAMES)},
-        "outputs": {"encoder": [ENCODER_OUTPUT_NAME], "decoder": list(DECODER_OUTPUT_NAMES)},
+        **describe(options.max_points),
+        "inputs": {role: list(names[0]) for role, names in NAMES.items()},
+        "outputs": {role: list(names[1]) for role, names in NAMES.items()},
         "minimum_deployment_target": f"{TARGET} / macOS 13",
         "fp16": FP16_NOTE if options.precision == "fp16" else None,
         "checked": _checked_note(options.precision),

@@ -1,29 +1,27 @@
 """`CoreMLPredictor`: `encoder.mlpackage` and `decoder.mlpackage` under Core ML (coremltools' `MLModel.predict`),
-with the facade's prompt API. Core ML runs on macOS (and iOS) only.
+with the facade's prompt API. Core ML runs on macOS (and iOS) only (`formats.FORMATS["coreml"].platforms`).
 
 Imports numpy, Pillow and coremltools only: nothing from PyTorch or the model code (coremltools imports PyTorch
 itself when it is installed, for its converters; prediction does not use it). img_size, max_points and each
 package's role are read from the packages' user-defined metadata (`mobilesam export --format coreml` writes them)
-and checked against their input shapes. Pre- and post-processing are `mobilesam.exported.StaticPredictor`'s,
+and checked against their input shapes. Pre- and post-processing are `mobilesam.deploy.runtime.StaticPredictor`'s,
 shared with every static-shape runtime.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..exported import StaticPredictor
 from ..transforms import ResizeLongestSide
+from .formats import FORMATS
+from .interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, NAMES
+from .runtime import StaticPredictor, check_inputs, check_pair
 
-ENCODER_INPUTS = ("image",)
-ENCODER_OUTPUTS = ("image_embeddings",)
-DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
-DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
+COREML = FORMATS["coreml"]
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
 
@@ -43,7 +41,7 @@ def _load(ct: Any, path: str | os.PathLike, compute_units: str) -> Any:
             "`mobilesam export CHECKPOINT --out DIR --format coreml`"
         )
     return ct.models.MLModel(
-        str(path), compute_units=ct.ComputeUnit[compute_units], skip_model_load=sys.platform != "darwin"
+        str(path), compute_units=ct.ComputeUnit[compute_units], skip_model_load=not COREML.runs_here()
     )
 
 
@@ -56,7 +54,7 @@ def _describe(mlmodel: Any, path: str | os.PathLike, role: str) -> tuple[int, in
     spec = mlmodel.get_spec()
     meta = dict(mlmodel.user_defined_metadata)
     inputs, outputs = _shapes(spec.description.input), _shapes(spec.description.output)
-    names = (ENCODER_INPUTS, ENCODER_OUTPUTS) if role == "encoder" else (DECODER_INPUTS, DECODER_OUTPUTS)
+    names = NAMES[role]
     if meta.get("graph") != role or (tuple(inputs), tuple(outputs)) != names:
         what = f"a Core ML {meta['graph']}" if meta.get("graph") in ("encoder", "decoder") else "a Core ML model"
         raise ValueError(
@@ -103,38 +101,24 @@ class CoreMLPredictor(StaticPredictor):
         self.decoder = _load(ct, decoder_path, compute_units)
         self.img_size, _, image = _describe(self.encoder, encoder_path, "encoder")
         decoder_size, self.max_points, inputs = _describe(self.decoder, decoder_path, "decoder")
-        if decoder_size != self.img_size:
-            raise ValueError(
-                f"{encoder_path} expects img_size={self.img_size} but {decoder_path} was exported for "
-                f"img_size={decoder_size}; use the two files of one export"
-            )
-        s, g, p = self.img_size, self.img_size // 16, self.max_points
-        if image["image"] != (1, 3, s, s) or inputs != {
-            "image_embeddings": (1, 256, g, g),
-            "point_coords": (1, p, 2),
-            "point_labels": (1, p),
-        }:
-            raise ValueError(
-                f"{encoder_path} and {decoder_path} take inputs {image} and {inputs}, not those of their metadata "
-                f"(img_size={s}, max_points={p}): export them again"
-            )
+        check_pair(encoder_path, decoder_path, {"img_size": self.img_size}, {"img_size": decoder_size})
+        check_inputs(encoder_path, "encoder", image, self.img_size, self.max_points)
+        check_inputs(decoder_path, "decoder", inputs, self.img_size, self.max_points)
         self.transform = ResizeLongestSide(self.img_size)
         self._ready(encoder_path, decoder_path)
 
     def _ready(self, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike) -> None:
         """Raises unless Core ML loaded both packages (called once the packages' descriptions are checked)."""
-        if sys.platform != "darwin":
-            raise RuntimeError(
-                f"Core ML models run on macOS and iOS only (this is {sys.platform}): copy {encoder_path} and "
-                f"{decoder_path} to a Mac, or export another format here (--format onnx, executorch, openvino, tflite)"
-            )
+        COREML.require_platform(encoder_path, decoder_path)
         for model, path in ((self.encoder, encoder_path), (self.decoder, decoder_path)):
             if model.__proxy__ is None:  # coremltools keeps Core ML's error instead of raising it
                 raise RuntimeError(f"Core ML could not load {path}: {model._framework_error}")
 
     def _encode(self, image: np.ndarray) -> np.ndarray:
-        return np.array(self.encoder.predict({"image": image})["image_embeddings"], np.float32)
+        out = self.encoder.predict(dict(zip(ENCODER_INPUTS, [image])))
+        return np.array(out[ENCODER_OUTPUTS[0]], np.float32)
 
     def _decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.decoder.predict({"image_embeddings": features, "point_coords": coords, "point_labels": labels})
-        return np.array(out["low_res_masks"], np.float32), np.array(out["iou_predictions"], np.float32)
+        out = self.decoder.predict(dict(zip(DECODER_INPUTS, (features, coords, labels))))
+        low_res, iou = (np.array(out[name], np.float32) for name in DECODER_OUTPUTS)
+        return low_res, iou

@@ -1,7 +1,8 @@
 """`ExecuTorchPredictor`: `encoder.pte` and `decoder.pte` under ExecuTorch's runtime, with the facade's prompt API.
 
 Imports numpy, Pillow and ExecuTorch's Python runtime (which brings PyTorch's tensors with it); nothing from the
-model code. Pre- and post-processing are `mobilesam.exported.StaticPredictor`'s, shared with every static-shape runtime.
+model code. Pre- and post-processing are `mobilesam.deploy.runtime.StaticPredictor`'s, shared with every static-shape
+runtime.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..exported import StaticPredictor, require_export
 from ..transforms import ResizeLongestSide
+from .runtime import StaticPredictor, check_pair, require_export
 
 
 def _program(path: str | os.PathLike) -> Any:
@@ -50,12 +51,12 @@ class ExecuTorchPredictor(StaticPredictor):
             _unsafe_reset_threadpool(threads)
         enc, dec = _program(encoder_path), _program(decoder_path)
         self.img_size = _constant(enc, "img_size", encoder_path)
-        decoder_size = _constant(dec, "img_size", decoder_path)
-        if decoder_size != self.img_size:
-            raise ValueError(
-                f"{encoder_path} expects img_size={self.img_size} but {decoder_path} was exported for "
-                f"img_size={decoder_size}; use the two files of one export"
-            )
+        check_pair(
+            encoder_path,
+            decoder_path,
+            {"img_size": self.img_size},
+            {"img_size": _constant(dec, "img_size", decoder_path)},
+        )
         self.max_points = _constant(dec, "max_points", decoder_path)
         self.encoder = enc.load_method("forward")
         self.decoder = dec.load_method("forward")

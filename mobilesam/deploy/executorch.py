@@ -2,10 +2,11 @@
 
 The encoder takes the image as SAM's encoder sees it: 1x3xSxS float32, normalised with SAM's pixel mean and std
 and zero-padded at the bottom and right (the predictor resizes with PIL and normalises in numpy,
-`mobilesam.exported.normalize_pad`), so that every op of the graph runs in XNNPACK. The decoder is
-`StaticDecoder` (a fixed number of points per object). Each program also holds constant methods `img_size`,
-`max_points`, `num_masks` and `graph`, which the predictor reads. `write` is the format's entry in
-`mobilesam.deploy.formats`, which checks the programs against PyTorch before keeping them.
+`mobilesam.deploy.runtime.normalize_pad`), so that every op of the graph runs in XNNPACK. The decoder is
+`StaticDecoder` (a fixed number of points per object) with its layer norms as linear layers
+(`lowering.replace_layer_norms`: XNNPACK has no layer-norm kernel; this writer alone rewrites them). Each program
+also holds constant methods `img_size`, `max_points`, `num_masks` and `graph`, which the predictor reads. `write`
+is the format's entry in `mobilesam.deploy.formats`, which checks the programs against PyTorch before keeping them.
 """
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ from torch import Tensor, nn
 
 from ..files import write_bytes
 from ..modeling import Sam
-from .lowering import DECOMPOSITIONS, INT8_DECOMPOSITIONS, xnnpack_encoder
-from .static_decoder import DEFAULT_MAX_POINTS, StaticDecoder, example_inputs, interface
+from ..transforms import PIXEL_MEAN, PIXEL_STD
+from .formats import FORMATS, file_name
+from .interface import describe
+from .lowering import DECOMPOSITIONS, INT8_DECOMPOSITIONS, replace_layer_norms, xnnpack_encoder
+from .static_decoder import DEFAULT_MAX_POINTS, StaticDecoder, example_inputs
 
 if TYPE_CHECKING:
     from .formats import ExportOptions
 
-SUFFIX = ".pte"
+SUFFIX = FORMATS["executorch"].suffix
 
-PTE_NAMES = {"encoder": "encoder.pte", "decoder": "decoder.pte"}
-PTE_INT8_NAMES = {"encoder": "encoder_int8.pte", "decoder": "decoder_int8.pte"}
+PTE_NAMES = {role: file_name(role, SUFFIX) for role in ("encoder", "decoder")}
+PTE_INT8_NAMES = {role: file_name(f"{role}_int8", SUFFIX) for role in ("encoder", "decoder")}
 # ops that must run in XNNPACK (edge-dialect names, as in `get_delegation_info`'s table)
 HEAVY_OPS = ("convolution", "linear", "addmm", "mm", "bmm", "layer_norm", "softmax", "scaled_dot_product_attention")
 CALIBRATION_IMAGES = 4
@@ -57,8 +61,7 @@ def calibration_images(img_size: int, n: int = CALIBRATION_IMAGES, seed: int = 0
             disc = ((ys - cy) ** 2 + (xs - cx) ** 2) < (0.3 * r) ** 2
             base = torch.where(disc, torch.rand(3, 1, 1, generator=g) * 255, base)
         img = (base + torch.randn(3, img_size, img_size, generator=g) * 8).clamp(0, 255)
-        mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
-        std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+        mean, std = torch.tensor(PIXEL_MEAN).view(3, 1, 1), torch.tensor(PIXEL_STD).view(3, 1, 1)
         out.append(((img - mean) / std)[None])
     return out
 
@@ -157,7 +160,10 @@ def export_executorch(
     model = model.eval()
     s = model.img_size
     ex = example_inputs(s, max_points)
-    modules = {"encoder": xnnpack_encoder(model.image_encoder), "decoder": StaticDecoder(model, max_points).eval()}
+    modules = {
+        "encoder": xnnpack_encoder(model.image_encoder),
+        "decoder": replace_layer_norms(StaticDecoder(model, max_points).eval()),  # XNNPACK has no layer norm
+    }
     consts = {"img_size": s, "max_points": max_points, "num_masks": model.mask_decoder.num_mask_tokens}
     jobs = [(role, modules[role], PTE_NAMES[role]) for role in ("encoder", "decoder")]
     if quantize:
@@ -204,7 +210,7 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
         model, out_dir, quantize=options.quantize, max_points=options.max_points, verbose=options.verbose
     )
     info = {
-        **interface(options.max_points),
+        **describe(options.max_points),
         "backend": "XNNPACK",
         "int8": options.quantize,
         "delegation": delegation,

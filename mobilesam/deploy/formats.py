@@ -1,11 +1,18 @@
 """Every deployment format in one table, and the one way each is written: staged, checked, then kept.
 
-A format's writer (`write(model, out_dir, options) -> ({role: path}, info)`) puts its files into a staging
-folder inside the output folder. The pairs it wrote (encoder + decoder, and their int8 versions) are then loaded
-with the runtime's own predictor and checked against PyTorch (`mobilesam.deploy.guard`). Only when every pair
-passes are the files moved into the output folder; otherwise the staging folder is removed and the export stops
-with the check's error. Formats whose runtime does not run on this machine (Core ML off macOS) are validated
-structurally by their writer instead, and say so in `info["checked"]`.
+`FORMATS` says, per format: its name (the `--format` value and the sidecar's key) and accepted aliases, its file
+suffixes, its writer module, its runtime predictor, the precisions it takes, whether it has int8, the platforms its
+runtime runs on and the pip extra it needs. `mobilesam export`, `load_predictor`, the CLI's help and the tests read
+it. A new format is two modules and one row: a writer (`require()`, and `write(model, out_dir, options) ->
+({role: path}, info)` writing `encoder<suffix>` and `decoder<suffix>` with `file_name`), a runtime (a predictor
+class taking `(encoder_path, decoder_path, threads=None)`; for static graphs a `runtime.StaticPredictor` with
+`_encode` and `_decode`, reading the names and shapes of `interface`), and a `Format(...)` below.
+
+A format's writer puts its files into a staging folder inside the output folder. The pairs it wrote (encoder +
+decoder, and their int8 versions) are then loaded with the runtime's own predictor and checked against PyTorch
+(`mobilesam.deploy.guard`). Only when every pair passes are the files moved into the output folder; otherwise the
+staging folder is removed and the export stops with the check's error. Formats whose runtime does not run on this
+machine (Core ML off macOS) are validated structurally by their writer instead, and say so in `info["checked"]`.
 """
 
 from __future__ import annotations
@@ -21,59 +28,135 @@ from pathlib import Path
 from typing import Any
 
 PRECISIONS = ("fp32", "fp16")
+# sys.platform -> (the systems it names, the machine to copy files to)
+PLATFORMS = {"darwin": ("macOS and iOS", "a Mac")}
 
 
 @dataclass(frozen=True)
 class Format:
-    """One deployment format: its writer module, files, extra and precisions."""
+    """One deployment format: its files, writer, runtime predictor, precisions, platforms and extra."""
 
-    name: str  # the `--format` value
-    module: str  # holds `require()`, `write(model, out_dir, options)` and `SUFFIX`
+    name: str  # the `--format` value and the sidecar's key
+    runtime: str  # the runtime, in words ("ONNX Runtime")
+    suffixes: tuple[str, ...]  # the graph files' suffix (what `load_predictor` picks by), then companion files'
+    writer_module: str  # holds `require()` and `write(model, out_dir, options)`
+    predictor: str  # "module:Class", the runtime predictor `load_predictor` builds
+    runtime_module: str  # what the predictor needs to run the files (its tests skip without it)
     extra: str  # `pip install 'mobilesam[<extra>]'`
-    precisions: tuple[str, ...]
-    int8: bool  # `--quantize` writes int8 files too
-    description: str
+    precisions: tuple[str, ...] = PRECISIONS
+    int8: bool = False  # `--quantize` writes int8 files too
+    platforms: tuple[str, ...] = ()  # `sys.platform` values its runtime runs on; empty: every platform
+    aliases: tuple[str, ...] = ()  # other `--format` values accepted for it
+    note: str = ""  # a few words for the CLI's help
+
+    @property
+    def suffix(self) -> str:
+        """The graph files' suffix: `encoder<suffix>`, `decoder<suffix>`."""
+        return self.suffixes[0]
 
     def writer(self) -> Any:
-        return importlib.import_module(self.module)
+        """The writer module (imports PyTorch and the format's converter)."""
+        return importlib.import_module(self.writer_module)
+
+    def predictor_class(self) -> type:
+        """The runtime predictor class (imports numpy, Pillow and the runtime only)."""
+        module, cls = self.predictor.split(":")
+        return getattr(importlib.import_module(module), cls)
 
     def runs_here(self) -> bool:
-        return self.name != "coreml" or sys.platform == "darwin"
+        """Whether the runtime runs on this machine (`platforms`)."""
+        return not self.platforms or sys.platform in self.platforms
+
+    def platform_names(self) -> str:
+        """The systems the runtime runs on, in words ("macOS and iOS"; "any" for every platform)."""
+        return " and ".join(PLATFORMS.get(p, (p, ""))[0] for p in self.platforms) or "any"
+
+    def require_platform(self, *paths: str | os.PathLike) -> None:
+        """Off `platforms`: RuntimeError naming the files, where to run them and the formats that run here."""
+        if self.runs_here():
+            return
+        where = " or ".join(PLATFORMS.get(p, ("", f"a {p} machine"))[1] for p in self.platforms)
+        others = ", ".join(f.name for f in FORMATS.values() if f.runs_here())
+        raise RuntimeError(
+            f"{self.runtime} models run on {self.platform_names()} only (this is {sys.platform}): copy "
+            f"{' and '.join(map(str, paths))} to {where}, or export another format here (--format {others})"
+        )
+
+    def help(self) -> str:
+        """The format in the CLI's `--format` help: `litert (.tflite, LiteRT; also tflite)`."""
+        where = f"; runs on {self.platform_names()} only" if self.platforms else ""
+        also = f"; also {', '.join(self.aliases)}" if self.aliases else ""
+        return f"{self.name} ({'/'.join(self.suffixes)}, {self.runtime}{self.note}{where}{also})"
 
 
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format("onnx", "mobilesam.onnx.export", "onnx", PRECISIONS, True, "encoder.onnx, decoder.onnx (ONNX Runtime)"),
+        Format(
+            "onnx",
+            "ONNX Runtime",
+            (".onnx",),
+            "mobilesam.deploy.onnx_export",
+            "mobilesam.deploy.onnx_runtime:OnnxPredictor",
+            "onnxruntime",
+            "onnx",
+            int8=True,
+        ),
         Format(
             "executorch",
+            "ExecuTorch",
+            (".pte",),
             "mobilesam.deploy.executorch",
+            "mobilesam.deploy.et_runtime:ExecuTorchPredictor",
+            "executorch.runtime",
             "executorch",
-            ("fp32",),
-            True,
-            "encoder.pte, decoder.pte (ExecuTorch, XNNPACK)",
+            precisions=("fp32",),
+            int8=True,
+            note=" on XNNPACK",
         ),
         Format(
             "openvino",
+            "OpenVINO",
+            (".xml", ".bin"),
             "mobilesam.deploy.openvino",
+            "mobilesam.deploy.ov_runtime:OpenVinoPredictor",
             "openvino",
-            PRECISIONS,
-            False,
-            "encoder.xml/.bin, decoder.xml/.bin (OpenVINO)",
+            "openvino",
         ),
         Format(
-            "tflite", "mobilesam.deploy.litert", "litert", PRECISIONS, False, "encoder.tflite, decoder.tflite (LiteRT)"
+            "litert",
+            "LiteRT",
+            (".tflite",),
+            "mobilesam.deploy.litert",
+            "mobilesam.deploy.litert_runtime:LiteRtPredictor",
+            "ai_edge_litert.interpreter",
+            "litert",
+            aliases=("tflite",),
         ),
         Format(
             "coreml",
+            "Core ML",
+            (".mlpackage",),
             "mobilesam.deploy.coreml",
+            "mobilesam.deploy.coreml_runtime:CoreMLPredictor",
+            "coremltools",
             "coreml",
-            PRECISIONS,
-            False,
-            "encoder.mlpackage, decoder.mlpackage (Core ML; runs on macOS/iOS)",
+            platforms=("darwin",),
         ),
     )
 }
+ALIASES = {alias: f.name for f in FORMATS.values() for alias in (f.name, *f.aliases)}  # every accepted name
+
+
+def get_format(name: str) -> Format:
+    """The format of a `--format` value or alias (case and spaces ignored); ValueError naming the known ones."""
+    (key,) = check_formats([name])
+    return FORMATS[key]
+
+
+def by_suffix(suffix: str) -> Format | None:
+    """The format whose graph files end in `suffix` (".onnx"), or None."""
+    return next((f for f in FORMATS.values() if f.suffix == suffix.lower()), None)
 
 
 @dataclass(frozen=True)
@@ -95,13 +178,15 @@ def file_name(role: str, suffix: str, precision: str = "fp32") -> str:
 
 
 def check_formats(formats: Sequence[str] | str, onnx: bool = False) -> list[str]:
-    """A comma list or sequence of formats -> the list, checked against `FORMATS` (`onnx=True` adds "onnx")."""
+    """A comma list or sequence of formats -> their names (aliases resolved), checked against `FORMATS`
+    (`onnx=True` adds "onnx")."""
     if isinstance(formats, str):
         formats = [f for f in formats.split(",") if f.strip()]
-    out = [f.strip().lower() for f in formats]
-    unknown = [f for f in out if f not in FORMATS]
+    names = [f.strip().lower() for f in formats]
+    unknown = [f for f in names if f not in ALIASES]
     if unknown:
         raise ValueError(f"unknown export format(s) {unknown}: choose from {', '.join(FORMATS)} (a comma list)")
+    out = [ALIASES[f] for f in names]
     if onnx and "onnx" not in out:
         out.insert(0, "onnx")
     return list(dict.fromkeys(out))
@@ -112,15 +197,15 @@ def check_options(formats: Sequence[str], options: ExportOptions) -> None:
     if options.precision not in PRECISIONS:
         raise ValueError(f"precision={options.precision!r}: choose from {', '.join(PRECISIONS)}")
     for name in formats:
-        f = FORMATS[name]
+        f = get_format(name)
         if options.precision not in f.precisions:
             raise ValueError(
-                f"--format {name} has no {options.precision} export (it has {', '.join(f.precisions)}); "
-                f"export {name} separately with --precision {f.precisions[0]}"
+                f"--format {f.name} has no {options.precision} export (it has {', '.join(f.precisions)}); "
+                f"export {f.name} separately with --precision {f.precisions[0]}"
             )
         if options.quantize and not f.int8:
             raise ValueError(
-                f"--format {name} has no int8 export: drop --quantize, or export {name} separately without it"
+                f"--format {f.name} has no int8 export: drop --quantize, or export {f.name} separately without it"
             )
         f.writer().require()
     from .static_decoder import check_max_points  # imports torch: only when exporting
@@ -153,7 +238,7 @@ def write_format(
     """Writes one format's files into `out_dir`, keeping them only when they pass the export check.
 
     Args:
-        name: a key of `FORMATS`.
+        name: a key of `FORMATS` (or an alias).
         model: the SAM model, in eval mode.
         out_dir: output folder (created).
         options: precision, quantize and the format's own options.
@@ -170,7 +255,7 @@ def write_format(
     from .guard import check_export
     from .guard import reference as make_reference
 
-    fmt = FORMATS[name]
+    fmt = get_format(name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=out) as tmp:

@@ -1,15 +1,16 @@
 """Writing `encoder.tflite` and `decoder.tflite`: LiteRT (TensorFlow Lite) flatbuffers converted with litert-torch.
 
 The encoder takes the image as SAM's encoder sees it (1x3xSxS float32, normalised and zero-padded,
-`mobilesam.exported.normalize_pad`); the decoder is `StaticDecoder` (a fixed number of points per object). Each
-file has one signature, `serving_default`, whose inputs and outputs carry the names of the static interface
-(`image` -> `image_embeddings`; `image_embeddings`, `point_coords`, `point_labels` -> `low_res_masks`,
-`iou_predictions`); img_size and max_points are the input shapes, so the files need no other metadata.
+`mobilesam.deploy.runtime.normalize_pad`); the decoder is `StaticDecoder` (a fixed number of points per object).
+Each file has one signature, `serving_default`, whose inputs and outputs carry the names of the static interface
+(`mobilesam.deploy.interface`: `image` -> `image_embeddings`; `image_embeddings`, `point_coords`, `point_labels`
+-> `low_res_masks`, `iou_predictions`); img_size and max_points are the input shapes, so the files need no other
+metadata.
 
 The encoder converted is the model's own `image_encoder`, not `lowering.xnnpack_encoder`: litert-torch folds
-BatchNorm and the attention-bias gather into constants itself (same speed, same error), and its layer norms stay
-LiteRT's MEAN / SQUARED_DIFFERENCE / RSQRT ops, which hold no weights, instead of linear layers with a 1/C vector
-that fp16 would round (1/160, 1/320 are not fp16 numbers).
+BatchNorm and the attention-bias gather into constants itself (same speed, same error), and the layer norms of
+both graphs stay LiteRT's MEAN / SQUARED_DIFFERENCE / RSQRT ops, which hold no weights, instead of linear layers
+with a 1/C vector that fp16 would round (1/160, 1/320 are not fp16 numbers).
 
 fp16 (`--precision fp16`) is LiteRT's half-precision model: the weights of FULLY_CONNECTED, CONV_2D and
 DEPTHWISE_CONV_2D are stored as float16 with a DEQUANTIZE to float32 in front (litert-torch's fp16 recipe, run by
@@ -34,19 +35,16 @@ from torch import Tensor, nn
 
 from ..files import write_bytes
 from ..modeling import Sam
-from .static_decoder import StaticDecoder, interface
+from .formats import FORMATS, file_name
+from .interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, describe
+from .litert_runtime import SIGNATURE
+from .static_decoder import StaticDecoder
 from .static_decoder import example_inputs as static_example_inputs
 
 if TYPE_CHECKING:
     from .formats import ExportOptions
 
-SUFFIX = ".tflite"
-
-SIGNATURE = "serving_default"  # litert-torch's default signature name, what `get_signature_runner()` picks
-ENCODER_INPUT_NAME = "image"
-ENCODER_OUTPUT_NAME = "image_embeddings"
-DECODER_INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels")
-DECODER_OUTPUT_NAMES = ("low_res_masks", "iou_predictions")
+SUFFIX = FORMATS["litert"].suffix
 # LiteRT ops whose weights the fp16 recipe stores in half precision (ai-edge-quantizer's FLOAT_CASTING ops)
 FP16_WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
 FP16_NOTE = (
@@ -75,7 +73,7 @@ class _NamedEncoder(nn.Module):
         self.encoder = encoder
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
-        return {ENCODER_OUTPUT_NAME: self.encoder(image)}
+        return dict(zip(ENCODER_OUTPUTS, [self.encoder(image)]))
 
 
 class _NamedDecoder(nn.Module):
@@ -87,15 +85,15 @@ class _NamedDecoder(nn.Module):
 
     def forward(self, image_embeddings: Tensor, point_coords: Tensor, point_labels: Tensor) -> dict[str, Tensor]:
         masks, iou = self.decoder(image_embeddings, point_coords, point_labels)
-        return dict(zip(DECODER_OUTPUT_NAMES, (masks, iou)))
+        return dict(zip(DECODER_OUTPUTS, (masks, iou)))
 
 
 def example_inputs(img_size: int, max_points: int) -> dict[str, dict[str, Tensor]]:
     """`static_decoder.example_inputs` as keyword inputs (their names become the signature's input names)."""
     ex = static_example_inputs(img_size, max_points)
     return {
-        "encoder": dict(zip([ENCODER_INPUT_NAME], ex["encoder"])),
-        "decoder": dict(zip(DECODER_INPUT_NAMES, ex["decoder"])),
+        "encoder": dict(zip(ENCODER_INPUTS, ex["encoder"])),
+        "decoder": dict(zip(DECODER_INPUTS, ex["decoder"])),
     }
 
 
@@ -150,8 +148,6 @@ def export_litert(
     Returns:
         Role -> path, and role -> conversion seconds.
     """
-    from .formats import file_name
-
     require()
     model = model.eval()
     ex = example_inputs(model.img_size, max_points)
@@ -176,10 +172,10 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
         model, out_dir, precision=options.precision, max_points=options.max_points, verbose=options.verbose
     )
     info = {
-        **interface(options.max_points),
+        **describe(options.max_points),
         "signature": SIGNATURE,
-        "signature_inputs": {"encoder": [ENCODER_INPUT_NAME], "decoder": list(DECODER_INPUT_NAMES)},
-        "signature_outputs": {"encoder": [ENCODER_OUTPUT_NAME], "decoder": list(DECODER_OUTPUT_NAMES)},
+        "signature_inputs": {"encoder": list(ENCODER_INPUTS), "decoder": list(DECODER_INPUTS)},
+        "signature_outputs": {"encoder": list(ENCODER_OUTPUTS), "decoder": list(DECODER_OUTPUTS)},
         "fp16": FP16_NOTE if options.precision == "fp16" else None,
         "conversion_seconds": seconds,
     }

@@ -1,17 +1,17 @@
 """Writing `encoder.xml` / `decoder.xml` (+ `.bin`): OpenVINO IR converted with OpenVINO's PyTorch frontend.
 
 The encoder takes the image as SAM's encoder sees it (Bx3xSxS float32, normalised and zero-padded,
-`mobilesam.exported.normalize_pad`; the batch dimension is free, so the predictor embeds a batch of images in one
-call); the decoder is `StaticDecoder` (a fixed number of points per object). Inputs
-and outputs carry the names of the static interface (`image` -> `image_embeddings`; `image_embeddings`,
+`mobilesam.deploy.runtime.normalize_pad`; the batch dimension is free, so the predictor embeds a batch of images in
+one call); the decoder is `StaticDecoder` (a fixed number of points per object). Inputs and outputs carry the names
+of the static interface (`mobilesam.deploy.interface`: `image` -> `image_embeddings`; `image_embeddings`,
 `point_coords`, `point_labels` -> `low_res_masks`, `iou_predictions`). Each model's `rt_info` holds, under
 `mobilesam`: `role`, `img_size`, `max_points`, `precision` and the export's stamp, which the predictor reads.
 
 Conversion is `openvino.convert_model` on the module's `torch.export` program (OpenVINO's FX frontend): the plain
 `model.image_encoder`, not `lowering.xnnpack_encoder` (OpenVINO folds BatchNorm and the attention-bias gather into
 constants itself, its layer norms become MVN ops and its attention an SDPA op; same error, a smaller graph and a
-faster conversion than the TorchScript-traced route). The decoder's `LinearLayerNorm`s (XNNPACK's workaround) are
-put back as `nn.LayerNorm`, so they too become MVN.
+faster conversion than the TorchScript-traced route). The decoder's layer norms are `nn.LayerNorm`s, so they too
+become MVN.
 
 fp16 (`--precision fp16`): the weights are stored in half precision (`save_model(compress_to_fp16=True)`, a
 Convert to f32 after each, which the CPU plugin fuses), the predictor compiles with the CPU plugin's
@@ -27,7 +27,6 @@ AVX512-BF16 the plugin's default is bf16 too (~1e-2 error, which fails the fp32 
 
 from __future__ import annotations
 
-import copy
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -35,24 +34,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from ..files import sha256_file
 from ..modeling import Sam
-from .lowering import LinearLayerNorm, LinearLayerNorm2d
-from .static_decoder import StaticDecoder, example_inputs, interface
+from .formats import FORMATS, file_name
+from .interface import NAMES, describe
+from .ov_runtime import RT_SECTION
+from .static_decoder import StaticDecoder, example_inputs
 
 if TYPE_CHECKING:
     from .formats import ExportOptions
 
-SUFFIX = ".xml"
-
-ENCODER_INPUT_NAMES = ("image",)
-ENCODER_OUTPUT_NAMES = ("image_embeddings",)
-DECODER_INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels")
-DECODER_OUTPUT_NAMES = ("low_res_masks", "iou_predictions")
-RT_SECTION = "mobilesam"  # rt_info section holding role, img_size, max_points, precision and the stamp
+SUFFIX, WEIGHTS_SUFFIX = FORMATS["openvino"].suffixes
 # IR op types kept in f32 in fp16 files: LayerNorm (MVN), attention (SDPA: QK^T, softmax, AV) and any bare softmax
 FP32_OPS = ("MVN", "ScaledDotProductAttention", "Softmax")
 PRECISE = ("precise", "0")  # the IR name and version of OpenVINO's DisableFP16Compression runtime attribute
@@ -73,38 +67,6 @@ def require() -> None:
         openvino.convert_model  # noqa: B018 (the converter ships with the runtime since 2023.1)
     except (ImportError, AttributeError) as e:
         raise ImportError(f"exporting OpenVINO IR needs openvino ({e}): pip install 'mobilesam[openvino]'") from e
-
-
-class _LayerNorm2d(nn.Module):
-    """`LinearLayerNorm2d` back as a layer norm over channels (BCHW -> BHWC -> norm -> BCHW)."""
-
-    def __init__(self, norm: nn.LayerNorm) -> None:
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-def native_layer_norms(module: nn.Module) -> nn.Module:
-    """A copy of `module` whose `LinearLayerNorm`s (`lowering`'s linear-layer form) are `nn.LayerNorm`s again,
-    same weights: OpenVINO converts those to one MVN op, which fp16 can keep in f32."""
-    module = copy.deepcopy(module)
-
-    def swap(m: nn.Module) -> None:
-        for name, child in list(m.named_children()):
-            if isinstance(child, LinearLayerNorm):
-                norm = nn.LayerNorm(child.weight.numel(), eps=child.eps)
-                with torch.no_grad():
-                    norm.weight.copy_(child.weight)
-                    norm.bias.copy_(child.bias)
-                norm.requires_grad_(False)
-                setattr(m, name, _LayerNorm2d(norm) if isinstance(child, LinearLayerNorm2d) else norm)
-            elif not isinstance(child, (nn.LayerNorm, LayerNorm2d)):
-                swap(child)
-
-    swap(module)
-    return module.eval()
 
 
 def convert(
@@ -189,8 +151,6 @@ def export_openvino(
         Role -> path of the `.xml` (its `.bin` lies next to it), and a report: conversion seconds per role and, for
         fp16, the nodes kept in f32 per role.
     """
-    from .formats import file_name
-
     require()
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"OpenVINO files are fp32 or fp16, not {precision}")
@@ -198,8 +158,8 @@ def export_openvino(
     s = model.img_size
     ex = example_inputs(s, max_points)
     jobs = {
-        "encoder": (model.image_encoder, ENCODER_INPUT_NAMES, ENCODER_OUTPUT_NAMES),
-        "decoder": (native_layer_norms(StaticDecoder(model, max_points)), DECODER_INPUT_NAMES, DECODER_OUTPUT_NAMES),
+        "encoder": (model.image_encoder, *NAMES["encoder"]),
+        "decoder": (StaticDecoder(model, max_points), *NAMES["decoder"]),
     }
     out = Path(out_dir)
     files, seconds, kept = {}, {}, {}
@@ -232,11 +192,13 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     )
     fp16 = options.precision == "fp16"
     info = {
-        **interface(options.max_points, batch="B"),
+        **describe(options.max_points, batch="B"),
         "encoder_batch": "any",
-        "input_names": {"encoder": list(ENCODER_INPUT_NAMES), "decoder": list(DECODER_INPUT_NAMES)},
-        "output_names": {"encoder": list(ENCODER_OUTPUT_NAMES), "decoder": list(DECODER_OUTPUT_NAMES)},
-        "weight_files": {p.with_suffix(".bin").name: sha256_file(p.with_suffix(".bin")) for p in files.values()},
+        "input_names": {role: list(names[0]) for role, names in NAMES.items()},
+        "output_names": {role: list(names[1]) for role, names in NAMES.items()},
+        "weight_files": {
+            p.with_suffix(WEIGHTS_SUFFIX).name: sha256_file(p.with_suffix(WEIGHTS_SUFFIX)) for p in files.values()
+        },
         "inference_precision": "f16 where the CPU has it, else f32" if fp16 else "f32",
         "fp16": FP16_NOTE if fp16 else None,
         "fp32_ops": list(FP32_OPS) if fp16 else None,

@@ -7,7 +7,7 @@ checked against the input shapes. fp32 files are compiled with INFERENCE_PRECISI
 default is bf16 on CPUs with AMX / AVX512-BF16, ~1e-2 error), fp16 files with f16 where the CPU plugin lists FP16
 among its capabilities (AVX512-FP16 / AMX-FP16) and f32 elsewhere (asked for f16 there, the plugin silently picks
 bf16, which fails the fp16 check); `inference_precision` says what the compiled models run in. Pre- and
-post-processing are `mobilesam.exported.StaticPredictor`'s, shared with every static-shape runtime.
+post-processing are `mobilesam.deploy.runtime.StaticPredictor`'s, shared with every static-shape runtime.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..exported import StaticPredictor, require_export
 from ..transforms import ResizeLongestSide
+from .interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, static_shapes
+from .runtime import StaticPredictor, check_inputs, check_pair, require_export
 
-RT_SECTION = "mobilesam"
-ENCODER_INPUTS = ("image",)
-DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
+RT_SECTION = "mobilesam"  # rt_info section holding role, img_size, max_points, precision and the export's stamp
 HINTS = {"fp32": "f32", "fp16": "f16"}  # file precision -> INFERENCE_PRECISION_HINT
 
 
@@ -97,29 +96,14 @@ class OpenVinoPredictor(StaticPredictor):
         ov, shared = _openvino(), core()
         enc, enc_meta = _read(shared, encoder_path, "encoder")
         dec, dec_meta = _read(shared, decoder_path, "decoder")
-        self.img_size = int(enc_meta["img_size"])
-        decoder_size = int(dec_meta["img_size"])
-        if decoder_size != self.img_size:
-            raise ValueError(
-                f"{encoder_path} expects img_size={self.img_size} but {decoder_path} was exported for "
-                f"img_size={decoder_size}; use the two files of one export"
-            )
-        if enc_meta["precision"] != dec_meta["precision"]:
-            raise ValueError(
-                f"{encoder_path} is {enc_meta['precision']} but {decoder_path} is {dec_meta['precision']}; use the "
-                "two files of one export"
-            )
-        self.max_points = int(dec_meta["max_points"])
-        s, g, p = self.img_size, self.img_size // 16, self.max_points
+        pair = ("img_size", "precision")
+        check_pair(encoder_path, decoder_path, {k: enc_meta[k] for k in pair}, {k: dec_meta[k] for k in pair})
+        self.img_size, self.max_points = int(enc_meta["img_size"]), int(dec_meta["max_points"])
         # The encoder's batch is free in today's exports (fixed at 1 in earlier ones: those embed one at a time)
-        self.batched = _shapes(enc) == {"image": (-1, 3, s, s)}
-        want = {
-            "encoder": {"image": (-1 if self.batched else 1, 3, s, s)},
-            "decoder": {"image_embeddings": (1, 256, g, g), "point_coords": (1, p, 2), "point_labels": (1, p)},
-        }
-        for role, model, path in (("encoder", enc, encoder_path), ("decoder", dec, decoder_path)):
-            if _shapes(model) != want[role]:
-                raise ValueError(f"{path} takes inputs {_shapes(model)}, not {want[role]}: export it again")
+        (name,) = ENCODER_INPUTS
+        self.batched = _shapes(enc).get(name, ())[:1] == (-1,)
+        check_inputs(encoder_path, "encoder", _shapes(enc), self.img_size, self.max_points, -1 if self.batched else 1)
+        check_inputs(decoder_path, "decoder", _shapes(dec), self.img_size, self.max_points)
         self._encoder_model = enc
         self.precision = enc_meta["precision"]
         hint = HINTS[self.precision]
@@ -145,7 +129,8 @@ class OpenVinoPredictor(StaticPredictor):
         if not self.batched:
             return self._encoder_model
         model = self._encoder_model.clone()
-        model.reshape({"image": [batch, 3, self.img_size, self.img_size]})
+        inputs, _ = static_shapes("encoder", self.img_size, self.max_points, batch)
+        model.reshape({name: list(shape) for name, shape in inputs.items()})
         return model
 
     def _encode(self, image: np.ndarray) -> np.ndarray:
@@ -159,9 +144,10 @@ class OpenVinoPredictor(StaticPredictor):
         if n not in self._enc_requests:
             compiled = core().compile_model(self._static_encoder(n), "CPU", self._config)
             self._enc_requests[n] = compiled.create_infer_request()
-        out = self._enc_requests[n].infer({"image": images})  # copies the outputs (share_outputs=False)
-        return out["image_embeddings"]
+        out = self._enc_requests[n].infer(dict(zip(ENCODER_INPUTS, [images])))  # copies the outputs
+        return out[ENCODER_OUTPUTS[0]]
 
     def _decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._dec_request.infer({"image_embeddings": features, "point_coords": coords, "point_labels": labels})
-        return out["low_res_masks"], out["iou_predictions"]
+        out = self._dec_request.infer(dict(zip(DECODER_INPUTS, (features, coords, labels))))
+        low_res, iou = (out[name] for name in DECODER_OUTPUTS)
+        return low_res, iou

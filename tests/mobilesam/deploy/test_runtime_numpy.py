@@ -1,4 +1,4 @@
-"""The runtime predictors' numpy post-processing (`mobilesam.exported`) against SAM's in PyTorch."""
+"""The runtime predictors' numpy post-processing (`mobilesam.deploy.runtime`) against SAM's in PyTorch."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobilesam.exported import upscale_masks
+from mobilesam.deploy.runtime import upscale_masks
 from mobilesam.transforms import preprocess_shape
 
 

@@ -9,15 +9,10 @@ import torch
 
 from mobilesam import build_sam
 from mobilesam.deploy import formats, guard
-from mobilesam.exported import Embedding
+from mobilesam.deploy.runtime import Embedding
 from tests.helpers import perturb_
 
 pytest.importorskip("onnxruntime", reason="the failing-export test writes ONNX: pip install 'mobilesam[onnx]'")
-
-
-@pytest.fixture(scope="module")
-def model(small_checkpoint):
-    return build_sam("vit_t", small_checkpoint).eval()
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +79,8 @@ def test_noise_within_fp16_passes_fp16_and_fails_fp32(ref):
 def test_a_failing_format_leaves_no_file_and_no_weights(small_checkpoint, model, tmp_path, monkeypatch):
     """The ONNX writer made to write another model's graphs: the check fails, and neither the staged files, the
     staging folder nor the weights file remain."""
+    from mobilesam.deploy import onnx_export
     from mobilesam.export import export
-    from mobilesam.onnx import export as onnx_export
 
     torch.manual_seed(3)
     other = perturb_(build_sam("vit_t", img_size=256), seed=5).eval()

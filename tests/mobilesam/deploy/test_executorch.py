@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from mobilesam import build_sam
 from mobilesam.deploy import ExecuTorchPredictor, load_predictor
 from mobilesam.deploy.executorch import HEAVY_OPS
 from mobilesam.files import sha256_file
@@ -17,27 +16,26 @@ from mobilesam.transforms import resize_image
 from tests.helpers import rel_err
 
 pytest.importorskip("executorch.runtime", reason="executorch is not installed: pip install 'mobilesam[executorch]'")
-pytest.importorskip("onnxruntime", reason="the CLI test writes ONNX too: pip install 'mobilesam[onnx]'")
 
 IMG = np.random.default_rng(7).integers(0, 255, (300, 410, 3), dtype=np.uint8)  # resized to 187 x 256
 
 
 @pytest.fixture(scope="module")
 def exported(exported_small):
-    """The 256 vit_t checkpoint exported with `--format onnx,executorch` (shared with test_runtimes.py, which checks
-    the predictor against the facade)."""
-    return exported_small("onnx,executorch")
+    """The 256 vit_t checkpoint exported with `--format executorch` (once per session, shared with test_runtimes.py,
+    which checks the predictor against the facade)."""
+    return exported_small("executorch")
 
 
-def test_cli_writes_both_formats_and_the_sidecar_lists_their_sha256(exported):
+def test_cli_writes_the_programs_and_the_sidecar_lists_their_sha256(exported):
     meta = json.loads((exported / "mobile_sam.json").read_text())
     pte = {"encoder.pte", "decoder.pte"}
-    for name in ("encoder.onnx", "decoder.onnx", *pte):
+    for name in pte:
         assert meta["files"][name] == sha256_file(exported / name), name
     et = meta["executorch"]
     assert set(et["files"]) == pte and et["max_points"] == 8 and et["int8"] is False
     assert "1x3xSxS float32" in et["encoder_input"] and "1x8x2" in et["decoder_inputs"]
-    assert set(meta["onnx"]["files"]) == {"encoder.onnx", "decoder.onnx"}
+    assert "123.675" in et["encoder_input"] and "58.395" in et["encoder_input"]  # SAM's mean and std, stated
     fp32 = et["check"]["encoder.pte + decoder.pte"]  # the export check's figures
     assert fp32["embedding_rel_error"] < 1e-4 and fp32["mask_agreement_min"] > 0.999
 
@@ -55,11 +53,10 @@ def test_every_heavy_op_runs_in_xnnpack(exported):
         assert report["portable_nodes"] <= 3, (name, report)  # the outputs' getitems and a layout copy at most
 
 
-def test_programs_run_in_a_plain_executorch_runtime(exported, small_checkpoint):
+def test_programs_run_in_a_plain_executorch_runtime(exported, model):
     """No project code: ExecuTorch's own runtime loads both files and runs them, matching PyTorch."""
     from executorch.runtime import Runtime
 
-    model = build_sam("vit_t", small_checkpoint)
     rt = Runtime.get()
     enc = rt.load_program(exported / "encoder.pte")
     dec = rt.load_program(exported / "decoder.pte")
@@ -84,14 +81,15 @@ def test_programs_run_in_a_plain_executorch_runtime(exported, small_checkpoint):
     assert rel_err(low_res, ref_masks) < 1e-3 and rel_err(iou, ref_iou) < 1e-3
 
 
-def test_load_predictor_picks_the_runtime_by_suffix(exported):
+def test_load_predictor_picks_the_runtime_by_suffix(exported, exported_small):
     from mobilesam.onnx import OnnxPredictor
 
+    onnx_dir = exported_small("onnx")
     assert isinstance(load_predictor(exported / "encoder.pte", exported / "decoder.pte"), ExecuTorchPredictor)
-    assert isinstance(load_predictor(exported / "encoder.onnx", exported / "decoder.onnx"), OnnxPredictor)
+    assert isinstance(load_predictor(onnx_dir / "encoder.onnx", onnx_dir / "decoder.onnx"), OnnxPredictor)
     with pytest.raises(ValueError, match="both must end in one of"):
-        load_predictor(exported / "encoder.onnx", exported / "decoder.pte")
-    onnx = load_predictor(exported / "encoder.onnx", exported / "decoder.onnx")
+        load_predictor(onnx_dir / "encoder.onnx", exported / "decoder.pte")
+    onnx = load_predictor(onnx_dir / "encoder.onnx", onnx_dir / "decoder.onnx")
     (a,) = onnx.predict(IMG, points=[200, 120])
     (b,) = load_predictor(exported / "encoder.pte", exported / "decoder.pte").predict(IMG, points=[200, 120])
     assert (a.masks == b.masks).mean() >= 0.999

@@ -38,11 +38,6 @@ def exported(exported_small):
     return {p: exported_small("openvino", p) for p in ("fp32", "fp16")}
 
 
-@pytest.fixture(scope="module")
-def model(small_checkpoint):
-    return build_sam("vit_t", small_checkpoint).eval()
-
-
 def _files(exported, precision):
     out, tag = exported[precision], TAG[precision]
     return out / f"encoder{tag}.xml", out / f"decoder{tag}.xml"
@@ -196,20 +191,21 @@ def test_predictor_picks_the_inference_precision_and_honours_threads(exported):
 
 
 def test_predictor_refuses_files_of_another_img_size_role_or_export(exported, tmp_path):
-    from mobilesam.deploy.openvino import DECODER_INPUT_NAMES, DECODER_OUTPUT_NAMES, convert, native_layer_norms, save
+    from mobilesam.deploy.interface import DECODER_INPUTS, DECODER_OUTPUTS
+    from mobilesam.deploy.openvino import convert, save
     from mobilesam.deploy.static_decoder import StaticDecoder
 
     enc, dec = _files(exported, "fp32")
     torch.manual_seed(0)
-    other = native_layer_norms(StaticDecoder(build_sam("vit_t", img_size=320).eval(), 8))  # 20 x 20 embeddings
+    other = StaticDecoder(build_sam("vit_t", img_size=320).eval(), 8)  # 20 x 20 embeddings
     args = (torch.randn(1, 256, 20, 20), torch.zeros(1, 8, 2), torch.full((1, 8), -1.0))
     meta = {"role": "decoder", "img_size": 320, "max_points": 8}
-    save(convert(other, args, DECODER_INPUT_NAMES, DECODER_OUTPUT_NAMES), tmp_path / "decoder.xml", "fp32", meta)
+    save(convert(other, args, DECODER_INPUTS, DECODER_OUTPUTS), tmp_path / "decoder.xml", "fp32", meta)
     with pytest.raises(ValueError, match=r"img_size=256 but .* img_size=320; use the two files of one export"):
         OpenVinoPredictor(enc, tmp_path / "decoder.xml")
     with pytest.raises(ValueError, match="is a encoder, not the decoder"):
         OpenVinoPredictor(enc, enc)
-    with pytest.raises(ValueError, match="is fp32 but .* is fp16"):
+    with pytest.raises(ValueError, match="precision=fp32 but .* precision=fp16"):
         OpenVinoPredictor(enc, _files(exported, "fp16")[1])
     graph = ov_core().read_model(dec)
     plain = ov.Model(graph.outputs, graph.get_parameters(), "plain")  # the same graph, no `mobilesam` rt_info
@@ -244,23 +240,6 @@ def test_predictors_made_and_dropped_in_any_order_leave_signals_working(exported
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-2000:])
-
-
-def test_native_layer_norms_keep_the_decoders_numbers(model):
-    """The decoder converted is `StaticDecoder` with its linear-layer norms back as `nn.LayerNorm` (MVN in IR)."""
-    from mobilesam.deploy.lowering import LinearLayerNorm
-    from mobilesam.deploy.openvino import example_inputs, native_layer_norms
-    from mobilesam.deploy.static_decoder import StaticDecoder
-
-    dec = StaticDecoder(model, 8).eval()
-    ours = native_layer_norms(dec)
-    assert not any(isinstance(m, LinearLayerNorm) for m in ours.modules())
-    assert sum(isinstance(m, torch.nn.LayerNorm) for m in ours.modules()) == 10
-    assert any(isinstance(m, LinearLayerNorm) for m in dec.modules())  # the original is untouched
-    args = example_inputs(256, 8)["decoder"]
-    with torch.no_grad():
-        for a, b in zip(ours(*args), dec(*args)):
-            assert rel_err(a, b) < 1e-5
 
 
 def test_missing_packages_name_the_extra(exported, monkeypatch):

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 
 from mobilesam import build_sam
 from mobilesam.deploy import CoreMLPredictor, load_predictor
-from mobilesam.deploy.formats import ExportOptions
+from mobilesam.deploy.formats import FORMATS, ExportOptions
 
 ct = pytest.importorskip("coremltools", reason="coremltools is missing: pip install 'mobilesam[coreml]'")
 
 TAGS = {"fp32": "", "fp16": "_fp16"}
+RUNS_HERE = FORMATS["coreml"].runs_here()  # the table's platform rule: macOS only
 IMG = np.random.default_rng(7).integers(0, 255, (300, 410, 3), dtype=np.uint8)  # resized to 187 x 256
 
 
@@ -29,11 +30,6 @@ IMG = np.random.default_rng(7).integers(0, 255, (300, 410, 3), dtype=np.uint8)  
 def exported(exported_small):
     """`mobilesam export --format coreml` of the 256 vit_t checkpoint, fp32 and fp16 (once per session)."""
     return {p: exported_small("coreml", p) for p in ("fp32", "fp16")}
-
-
-@pytest.fixture(scope="module")
-def model(small_checkpoint):
-    return build_sam("vit_t", small_checkpoint).eval()
 
 
 def _paths(exported, precision):
@@ -182,7 +178,7 @@ def test_sidecar_says_the_packages_were_validated_not_run(exported):
         assert set(meta["files"]) == {f"encoder{tag}.mlpackage", f"decoder{tag}.mlpackage"}
         assert meta["max_points"] == 8 and meta["precision"] == precision
         assert "1x8x2" in meta["decoder_inputs"] and "1x3xSxS float32" in meta["encoder_input"]
-        if sys.platform != "darwin":
+        if not RUNS_HERE:
             assert "check" not in meta  # nothing ran it
             assert "validated structurally, not run" in meta["checked"] and "iOS16" in meta["checked"]
         else:
@@ -301,7 +297,7 @@ def test_emulated_packages_pass_the_export_check(exported, model):
         assert 0.95 < figures["spread_ratio"] < 1.05 and figures["mask_agreement_min"] > 0.999, figures
 
 
-@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs here")
+@pytest.mark.skipif(RUNS_HERE, reason="Core ML runs here")
 def test_load_predictor_refuses_packages_off_macos(exported):
     enc, dec = _paths(exported, "fp32")
     with pytest.raises(RuntimeError, match="Core ML models run on macOS and iOS only"):
@@ -314,14 +310,15 @@ def test_load_predictor_refuses_packages_off_macos(exported):
 
 
 def test_predictor_refuses_a_mismatched_pair_a_wrong_role_and_missing_files(exported, tmp_path, monkeypatch):
-    from mobilesam.deploy.coreml import DECODER_OUTPUT_NAMES, _Decoder, _save, convert, example_inputs
-    from mobilesam.deploy.static_decoder import StaticDecoder
+    from mobilesam.deploy.coreml import _save, convert
+    from mobilesam.deploy.interface import DECODER_OUTPUTS
+    from mobilesam.deploy.static_decoder import StaticDecoder, example_inputs
 
     enc, dec = _paths(exported, "fp32")
     torch.manual_seed(0)
     other = StaticDecoder(build_sam("vit_t", img_size=320).eval(), 8)  # 20 x 20 embeddings
     meta = {"img_size": 320, "max_points": 8, "graph": "decoder", "precision": "fp32"}
-    mlmodel = convert(_Decoder(other), example_inputs(320, 8)["decoder"], DECODER_OUTPUT_NAMES, "fp32", meta)
+    mlmodel = convert(other, example_inputs(320, 8)["decoder"], DECODER_OUTPUTS, "fp32", meta)
     _save(mlmodel, tmp_path / "decoder.mlpackage")
     with pytest.raises(ValueError, match=r"img_size=256 but .* img_size=320; use the two files of one export"):
         EmulatedPredictor(enc, tmp_path / "decoder.mlpackage")
@@ -362,7 +359,7 @@ def test_writer_refuses_int8(model, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(sys.platform != "darwin", reason="Core ML runs on macOS only")
+@pytest.mark.skipif(not RUNS_HERE, reason="Core ML runs on macOS only")
 def test_core_ml_runs_the_packages_on_macos(exported, model):
     from mobilesam.deploy import guard
 

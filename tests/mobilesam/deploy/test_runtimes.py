@@ -15,33 +15,26 @@ from mobilesam.prompts import PromptError
 
 IMG = np.random.default_rng(7).integers(0, 255, (300, 410, 3), dtype=np.uint8)  # resized to 187 x 256
 
-# (format, precision): the exports whose runtime runs here. ExecuTorch shares the export of test_executorch.py.
+# (format, precision): the exports whose runtime runs here, each shared with its format's own test module
 CASES = [
     ("executorch", "fp32"),
     ("openvino", "fp32"),
     ("openvino", "fp16"),
-    ("tflite", "fp32"),
-    ("tflite", "fp16"),
+    ("litert", "fp32"),
+    ("litert", "fp16"),
     ("onnx", "fp16"),
 ]
-EXPORT = {"executorch": ("onnx,executorch", False)}  # formats and --quantize of the export a case shares
 # (smallest mask pixel agreement, largest IoU difference) against PyTorch
 TOLERANCE = {"fp32": (0.999, 1e-3), "fp16": (0.99, 2e-2), "int8": (0.93, 0.1)}
 EMBEDDING = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.25}  # largest relative error of the embedding
 BOXES = {"fp32": 2, "fp16": 8, "int8": 40}  # largest mask-box corner difference in pixels
 
 
-def _export(exported_small, name, precision):
-    """The export folder of a case (int8 files come with the fp32 export under --quantize)."""
-    formats, quantize = EXPORT.get(name, (name, False))
-    return exported_small(formats, "fp32" if precision == "int8" else precision, quantize or precision == "int8")
-
-
 @pytest.fixture(scope="module", params=CASES, ids=[f"{f}-{p}" for f, p in CASES])
 def case(request, exported_small):
     name, precision = request.param
-    out = _export(exported_small, name, precision)
-    suffix = FORMATS[name].writer().SUFFIX
+    out = exported_small(name, precision)  # int8 files come with the fp32 export under --quantize
+    suffix = FORMATS[name].suffix
     enc, dec = (out / file_name(role, suffix, precision) for role in ("encoder", "decoder"))
     return name, precision, load_predictor(enc, dec)
 
@@ -174,12 +167,12 @@ def test_the_sidecar_records_the_check_and_every_file(case, exported_small):
     from mobilesam.files import sha256_path
 
     name, precision, _ = case
-    out = _export(exported_small, name, precision)
+    out = exported_small(name, precision)
     entry = json.loads((out / "mobile_sam.json").read_text())[name]
     assert entry["precision"] == ("fp32" if precision == "int8" else precision)
     for file, digest in entry["files"].items():
         assert sha256_path(out / file) == digest
-    suffix = FORMATS[name].writer().SUFFIX
+    suffix = FORMATS[name].suffix
     figures = entry["check"][" + ".join(file_name(role, suffix, precision) for role in ("encoder", "decoder"))]
     assert figures["spread_ratio"] > 0.5 and figures["mask_agreement_min"] >= TOLERANCE[precision][0]
     assert not list(out.glob(f".{name}.*")), "the staging folder was left behind"

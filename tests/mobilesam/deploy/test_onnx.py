@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from mobilesam import SAM, SamPredictor, build_sam
-from mobilesam.cli import main
-from mobilesam.onnx import DecoderGraph, OnnxPredictor
+from mobilesam import SAM, SamPredictor
+from mobilesam.deploy.onnx_graphs import DecoderGraph
+from mobilesam.deploy.onnx_runtime import OnnxPredictor
+from mobilesam.files import sha256_file
 from mobilesam.prompts import PromptError
 from mobilesam.transforms import resize_image
 from tests.helpers import rel_err
@@ -25,22 +27,25 @@ IMG = np.random.default_rng(5).integers(0, 255, (300, 410, 3), dtype=np.uint8)  
 
 
 @pytest.fixture(scope="module")
-def exported(small_checkpoint, tmp_path_factory):
-    """The 256 vit_t checkpoint (its size known only from its sidecar) exported with --onnx --quantize."""
-    out = tmp_path_factory.mktemp("onnx")
-    assert main(["export", str(small_checkpoint), "--out", str(out), "--onnx", "--quantize"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def model(small_checkpoint):
-    return build_sam("vit_t", small_checkpoint)
+def exported(exported_small):
+    """The 256 vit_t checkpoint (its size known only from its sidecar) exported with `--format onnx --quantize`
+    (once per session, shared with test_runtimes.py and test_executorch.py)."""
+    return exported_small("onnx")
 
 
 def _session(path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def test_the_sidecar_lists_every_file_with_its_sha256(exported):
+    meta = json.loads((exported / "mobile_sam.json").read_text())
+    names = {f"{role}{tag}.onnx" for role in ("encoder", "decoder") for tag in ("", "_int8")}
+    for name in names:
+        assert meta["files"][name] == sha256_file(exported / name), name
+    assert set(meta["onnx"]["files"]) == names
+    assert meta["onnx"]["opset"] == 18 and "RGB uint8 HxWx3" in meta["onnx"]["encoder_input"]
 
 
 def test_every_file_says_the_img_size_it_expects(exported):
@@ -220,7 +225,7 @@ def test_files_without_metadata_are_refused(exported, tmp_path):
 
 @pytest.mark.slow
 def test_single_mask_decoder_under_onnxruntime(model, tmp_path):
-    from mobilesam.onnx import export_decoder
+    from mobilesam.deploy.onnx_graphs import export_decoder
 
     path = export_decoder(model, tmp_path / "decoder.onnx", single_mask=True)
     session = _session(path)
@@ -238,7 +243,8 @@ def test_single_mask_decoder_under_onnxruntime(model, tmp_path):
 @pytest.mark.slow
 def test_large_weights_go_to_an_external_data_file(model, tmp_path, monkeypatch):
     """vit_h's 2.5 GB cannot sit in one protobuf; the same path, forced here on the small decoder."""
-    from mobilesam.onnx import export_decoder, graphs
+    from mobilesam.deploy import onnx_graphs as graphs
+    from mobilesam.deploy.onnx_graphs import export_decoder
 
     monkeypatch.setattr(graphs, "EXTERNAL_DATA_BYTES", 0)
     path = export_decoder(model, tmp_path / "decoder.onnx")
