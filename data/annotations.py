@@ -10,17 +10,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mobilesam import rle
+
 
 class AnnotationError(ValueError):
     """An annotation file that cannot be used (unreadable JSON, missing fields, masks of the wrong size)."""
-
-
-def _mask_api():
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError as e:  # pragma: no cover - pycocotools is in the train extra
-        raise ImportError("decoding COCO-RLE masks needs pycocotools: pip install mobilesam[train]") from e
-    return mask_utils
 
 
 def parse_sa1b_json(data: bytes, image_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
@@ -55,33 +49,19 @@ def parse_sa1b_json(data: bytes, image_size: tuple[int, int] | None = None) -> l
         keep = {k: a[k] for k in ("id", "predicted_iou", "stability_score", "area") if k in a}
         keep["segmentation"] = {"size": list(size), "counts": seg["counts"]}
         needs_mask = "bbox" not in a or not a.get("point_coords")
-        mask = decode_rle(keep["segmentation"]) if needs_mask else None
-        keep["bbox"] = [float(v) for v in a["bbox"]] if "bbox" in a else _tight_xywh(mask)
+        try:
+            mask = rle.decode(keep["segmentation"]) if needs_mask else None
+        except ValueError as e:  # uncompressed counts that do not cover the size
+            raise AnnotationError(f"annotation {i}: {e}") from e
+        keep["bbox"] = [float(v) for v in (a["bbox"] if "bbox" in a else rle.mask_bbox(mask))]
         point = a.get("point_coords") or [farthest_interior_point(mask)]
         keep["point_coords"] = [[float(point[0][0]), float(point[0][1])]]
-        keep.setdefault("area", int(_mask_api().area(_rle_for_api(keep["segmentation"]))))
+        keep.setdefault("area", rle.area(keep["segmentation"]))
         out.append(keep)
     return out
 
 
-def _rle_for_api(seg: dict[str, Any]) -> dict[str, Any]:
-    counts = seg["counts"]
-    return {"size": seg["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-
-
-def decode_rle(seg: dict[str, Any]) -> np.ndarray:
-    """One COCO RLE -> HxW uint8 {0, 1} mask at its own size (Fortran-ordered, as pycocotools returns it)."""
-    counts = seg["counts"]
-    if isinstance(counts, list):  # uncompressed RLE
-        seg = _mask_api().frPyObjects(seg, *seg["size"])
-    return _mask_api().decode(_rle_for_api(seg))
-
-
-def _tight_xywh(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+decode_rle = rle.decode  # one COCO RLE -> HxW uint8 {0, 1} mask, Fortran-ordered (the old name)
 
 
 def farthest_interior_point(mask: np.ndarray) -> list[float]:
@@ -117,7 +97,7 @@ def decode_masks(annotations: Sequence[dict[str, Any]], ids: Sequence[int], size
     """
     out = np.zeros((len(ids), size[0], size[1]), dtype=bool)
     for row, i in enumerate(ids):
-        out[row] = resize_mask(decode_rle(annotations[i]["segmentation"]), size)
+        out[row] = resize_mask(rle.decode(annotations[i]["segmentation"]), size)
     return out
 
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from .batch import SampleDecoder
 from .manifest import ManifestError, read_manifest
-from .stream import Shard, ShardStream
+from .stream import Shard, ShardStream, split_shards  # noqa: F401 - split_shards: the old import path
 
 log = logging.getLogger(__name__)
 
@@ -32,32 +32,6 @@ class EpochLoader(DataLoader):
         self.dataset.set_epoch(self._iters if epoch is None else epoch)
         self._iters += 1
         return super().__iter__()
-
-
-def split_shards(
-    manifest: dict[str, Any], root: Path, val_fraction: float, val_shards: Sequence[str] | None
-) -> tuple[list[Shard], list[Shard]]:
-    """(train, val) shards: the named `val_shards`, else the last shards (by name) holding >= val_fraction of the
-    samples (at least one when val_fraction > 0), else no validation split."""
-    shards = sorted((Shard(str(root / s["name"]), int(s["count"])) for s in manifest["shards"]), key=lambda s: s.path)
-    missing = [s.path for s in shards if not Path(s.path).is_file()]
-    if missing:
-        raise ManifestError(f"{len(missing)} shards listed in {root}/dataset.json are missing, e.g. {missing[0]}")
-    if val_shards:
-        names = set(val_shards)
-        unknown = names - {Path(s.path).name for s in shards}
-        if unknown:
-            raise ManifestError(f"val_shards names shards not in {root}/dataset.json: {sorted(unknown)}")
-        return [s for s in shards if Path(s.path).name not in names], [s for s in shards if Path(s.path).name in names]
-    if val_fraction <= 0:
-        return shards, []
-    total, n_val, acc = sum(s.count for s in shards), 0, 0
-    while n_val < len(shards) - 1 and (n_val == 0 or acc < val_fraction * total):
-        acc += shards[-1 - n_val].count
-        n_val += 1
-    if len(shards) < 2:
-        raise ManifestError(f"val_fraction={val_fraction} needs at least 2 shards in {root}; there is {len(shards)}")
-    return shards[:-n_val], shards[-n_val:]
 
 
 class ShardDataModule(L.LightningDataModule):

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .annotations import _mask_api, decode_rle, farthest_interior_point
+from mobilesam import rle
+
+from .annotations import farthest_interior_point
 from .sources import IMAGE_EXTS, make_key
 
 MASK_EXTS = (".png", ".tif", ".tiff", ".bmp")
@@ -55,7 +57,7 @@ class LabelledImage:
         out = []
         for a in self.raw_annotations:
             if not a.get("point_coords"):
-                a = a | {"point_coords": [farthest_interior_point(decode_rle(a["segmentation"]))]}
+                a = a | {"point_coords": [farthest_interior_point(rle.decode(a["segmentation"]))]}
             out.append(a)
         return out
 
@@ -84,29 +86,25 @@ class LabelledSet:
         return LabelledSet(self.kind, self.root, [self.images[i] for i in indices], list(self.skipped))
 
 
-def rle_annotation(rle: dict[str, Any], ann_id: int, bbox: Sequence[float] | None = None, **extra: Any) -> dict:
+def rle_annotation(seg: dict[str, Any], ann_id: int, bbox: Sequence[float] | None = None, **extra: Any) -> dict:
     """A compressed COCO RLE (bytes or str counts) -> an SA-1B-style annotation without `point_coords`.
 
     Args:
-        rle: {"size": [H, W], "counts": ...} at the image's original size.
+        seg: {"size": [H, W], "counts": ...} at the image's original size.
         ann_id: the annotation's id (kept as `id`).
         bbox: XYWH in original pixels; None derives the tight box of the mask.
         extra: further fields to keep (e.g. `category_id`).
     """
-    api = _mask_api()
-    counts = rle["counts"]
-    rle_b = {"size": [int(v) for v in rle["size"]], "counts": counts.encode() if isinstance(counts, str) else counts}
-    box = [float(v) for v in (bbox if bbox is not None else api.toBbox(rle_b))]
-    text = counts.decode() if isinstance(counts, bytes) else counts
-    seg = {"size": rle_b["size"], "counts": text}
-    return {"id": ann_id, "segmentation": seg, "bbox": box, "area": int(api.area(rle_b))} | extra
+    seg = rle.compress(seg)  # str counts
+    box = [float(v) for v in (bbox if bbox is not None else rle.bbox(seg))]
+    return {"id": ann_id, "segmentation": seg, "bbox": box, "area": rle.area(seg)} | extra
 
 
 def mask_annotation(mask: np.ndarray, ann_id: int, **extra: Any) -> dict[str, Any]:
     """An HxW boolean mask -> an SA-1B-style annotation with `point_coords` (the mask is at hand, so the point is
     cheap here)."""
     m = np.asfortranarray(mask.astype(np.uint8))
-    ann = rle_annotation(_mask_api().encode(m), ann_id, **extra)
+    ann = rle_annotation(rle.encode_compressed(m), ann_id, **extra)
     ann["point_coords"] = [farthest_interior_point(m)]
     return ann
 
@@ -127,18 +125,16 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------------------ COCO
 def _coco_rle(seg: Any, h: int, w: int) -> dict[str, Any]:
     """A COCO `segmentation` (polygons, uncompressed or compressed RLE) -> compressed RLE, or ValueError."""
-    api = _mask_api()
     if isinstance(seg, list):
         polys = [p for p in seg if isinstance(p, list)]
         if not polys or any(len(p) < 6 or len(p) % 2 for p in polys):
             raise ValueError("a polygon needs an even number of coordinates, at least 3 points")
+        api = rle.mask_api("COCO polygons")
         return api.merge(api.frPyObjects(polys, h, w))
     if isinstance(seg, dict) and "counts" in seg and len(seg.get("size", ())) == 2:
         if [int(v) for v in seg["size"]] != [h, w]:
             raise ValueError(f"RLE size {list(seg['size'])} differs from the image size {[h, w]}")
-        if isinstance(seg["counts"], list):  # uncompressed RLE
-            return api.frPyObjects(seg, h, w)
-        return seg
+        return rle.compress(seg)
     raise ValueError("segmentation is neither polygons nor a COCO RLE")
 
 
@@ -195,7 +191,7 @@ def read_coco(images: str | os.PathLike, annotations: str | os.PathLike, include
             skipped.append({"source": where, "reason": "crowd region (iscrowd=1); include_crowd=true keeps it"})
             continue
         try:
-            rle = _coco_rle(a.get("segmentation"), *img.size)
+            seg = _coco_rle(a.get("segmentation"), *img.size)
         except ValueError as e:
             skipped.append({"source": where, "reason": f"bad segmentation: {e}"})
             continue
@@ -203,7 +199,7 @@ def read_coco(images: str | os.PathLike, annotations: str | os.PathLike, include
         if not (isinstance(bbox, list) and len(bbox) == 4 and bbox[2] > 0 and bbox[3] > 0):
             bbox = None
         extra = {k: a[k] for k in ("category_id", "iscrowd") if k in a}
-        ann = rle_annotation(rle, int(a.get("id", i)), bbox, **extra)
+        ann = rle_annotation(seg, int(a.get("id", i)), bbox, **extra)
         if ann["area"] == 0:
             skipped.append({"source": where, "reason": "empty mask"})
             continue

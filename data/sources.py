@@ -11,13 +11,12 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mobilesam.io import ImageReadError, pil_to_rgb
+from mobilesam.io import ImageReadError
+from mobilesam.io import decode_image as decode_image_bytes
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -69,14 +68,12 @@ def make_key(relative: str) -> str:
 
 
 def decode_image(data: bytes, source: str) -> np.ndarray:
-    """Image file bytes -> HxWx3 uint8 RGB by mobilesam.io's conversion rule (EXIF orientation applied)."""
+    """Image file bytes -> HxWx3 uint8 RGB (`mobilesam.io.decode_image`: its conversion rule, EXIF orientation
+    applied); an unreadable image is an InputError (a skip record)."""
     try:
-        with Image.open(BytesIO(data)) as im:
-            im = ImageOps.exif_transpose(im)
-            im.load()
-            return pil_to_rgb(im)
-    except (UnidentifiedImageError, ImageReadError, OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"corrupt image {source}: {e}") from e
+        return decode_image_bytes(data, source)
+    except ImageReadError as e:
+        raise InputError(f"corrupt image: {e}") from e
 
 
 def list_tar(path: Path) -> tuple[list[Blob], list[dict[str, str]]]:

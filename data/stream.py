@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 import random
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import webdataset as wds
@@ -30,6 +31,7 @@ from webdataset.tariterators import base_plus_ext
 
 from .batch import SampleDecoder, collate
 from .codec import Member, ShardFormatError
+from .manifest import ManifestError
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,32 @@ class Shard:
 
     path: str
     count: int
+
+
+def split_shards(
+    manifest: dict[str, Any], root: Path, val_fraction: float, val_shards: Sequence[str] | None
+) -> tuple[list[Shard], list[Shard]]:
+    """(train, val) shards: the named `val_shards`, else the last shards (by name) holding >= val_fraction of the
+    samples (at least one when val_fraction > 0), else no validation split."""
+    shards = sorted((Shard(str(root / s["name"]), int(s["count"])) for s in manifest["shards"]), key=lambda s: s.path)
+    missing = [s.path for s in shards if not Path(s.path).is_file()]
+    if missing:
+        raise ManifestError(f"{len(missing)} shards listed in {root}/dataset.json are missing, e.g. {missing[0]}")
+    if val_shards:
+        names = set(val_shards)
+        unknown = names - {Path(s.path).name for s in shards}
+        if unknown:
+            raise ManifestError(f"val_shards names shards not in {root}/dataset.json: {sorted(unknown)}")
+        return [s for s in shards if Path(s.path).name not in names], [s for s in shards if Path(s.path).name in names]
+    if val_fraction <= 0:
+        return shards, []
+    total, n_val, acc = sum(s.count for s in shards), 0, 0
+    while n_val < len(shards) - 1 and (n_val == 0 or acc < val_fraction * total):
+        acc += shards[-1 - n_val].count
+        n_val += 1
+    if len(shards) < 2:
+        raise ManifestError(f"val_fraction={val_fraction} needs at least 2 shards in {root}; there is {len(shards)}")
+    return shards[:-n_val], shards[-n_val:]
 
 
 def _kept(start: int, n: int, slot: int, n_slots: int) -> int:

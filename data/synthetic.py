@@ -15,14 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mobilesam import rle
+
 from .codec import encode_jpeg
-
-
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -58,12 +53,11 @@ def make_sa1b_image(rng: np.random.Generator, size: tuple[int, int], n_masks: in
             continue
         ys, xs = np.nonzero(m)
         j = int(rng.integers(len(xs)))
-        x0, y0 = int(xs.min()), int(ys.min())
         anns.append(
             {
                 "id": len(anns),
-                "segmentation": _rle(m),
-                "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+                "segmentation": rle.encode_compressed(m),
+                "bbox": rle.mask_bbox(m),
                 "area": int(m.sum()),
                 "predicted_iou": float(rng.uniform(0.8, 1.0)),
                 "point_coords": [[float(xs[j]) + 0.5, float(ys[j]) + 0.5]],

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .annotations import decode_rle
+from mobilesam import rle
+
 from .synthetic import _background, make_sa1b_image
 
 
@@ -40,7 +41,7 @@ def labelled_samples(n_images: int = 3, size: tuple[int, int] = (96, 128), seed:
         kind = i % 3
         if kind == 0:
             image, anns = make_sa1b_image(rng, size, 4)
-            masks, rects = [decode_rle(a["segmentation"]).astype(bool) for a in anns], None
+            masks, rects = [rle.decode(a["segmentation"]).astype(bool) for a in anns], None
         else:
             image = _background(rng, *size).clip(0, 255).astype(np.uint8)
             rects = _rectangles(rng, size, 3) if kind == 1 else []
@@ -54,17 +55,6 @@ def labelled_samples(n_images: int = 3, size: tuple[int, int] = (96, 128), seed:
     return out
 
 
-def _uncompressed_rle(mask: np.ndarray) -> dict:
-    """COCO's uncompressed RLE: run lengths over the column-major pixels, starting with a run of zeros."""
-    flat = mask.flatten(order="F").astype(np.int8)
-    edges = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], edges, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat[0]:
-        counts = [0, *counts]
-    return {"size": list(mask.shape), "counts": counts}
-
-
 def write_labelled_dataset(out_dir: str | os.PathLike, samples: list[dict]) -> dict[str, Path]:
     """Writes `samples` (see `labelled_samples`) as `images/KEY.jpg`, a COCO `instances.json` (SA-1B-like masks
     alternately as compressed and uncompressed RLE, rectangles as polygons), `masks_objects/KEY/NN.png` (one PNG
@@ -73,8 +63,6 @@ def write_labelled_dataset(out_dir: str | os.PathLike, samples: list[dict]) -> d
     Returns:
         {"images", "coco", "objects", "labels"} paths.
     """
-    from pycocotools import mask as mask_utils
-
     out = Path(out_dir)
     paths = {"images": out / "images", "coco": out / "instances.json", "objects": out / "masks_objects"}
     paths["labels"] = out / "masks_labels"
@@ -94,14 +82,11 @@ def write_labelled_dataset(out_dir: str | os.PathLike, samples: list[dict]) -> d
                 x0, y0, x1, y1 = s["rects"][j]
                 seg: list | dict = [[x0, y0, x1, y0, x1, y1, x0, y1]]  # pixel-edge corners: exactly the rectangle
             elif j % 2:
-                seg = _uncompressed_rle(m)
+                seg = rle.encode(m)
             else:
-                rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-                seg = {"size": [h, w], "counts": rle["counts"].decode()}
-            ys, xs = np.nonzero(m)
-            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+                seg = rle.encode_compressed(m)
             ann = {"id": len(doc["annotations"]) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0}
-            doc["annotations"].append(ann | {"segmentation": seg, "bbox": bbox, "area": int(m.sum())})
+            doc["annotations"].append(ann | {"segmentation": seg, "bbox": rle.mask_bbox(m), "area": int(m.sum())})
         Image.fromarray(label).save(paths["labels"] / f"{s['key']}.png")
     paths["coco"].write_text(json.dumps(doc))
     return paths

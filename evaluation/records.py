@@ -17,7 +17,7 @@ from data.batch import SampleDecoder
 from data.codec import EMBED_DIM, PATCH, Int8Embedding, LazyEmbedding, ShardFormatError, as_bytes
 from data.labels import LabelledImage, LabelledSet
 from data.manifest import read_manifest
-from data.stream import raw_samples
+from data.stream import raw_samples, split_shards
 from mobilesam.io import load_image
 from mobilesam.transforms import resize_image
 
@@ -70,9 +70,7 @@ class ShardSource:
         self, root: str | os.PathLike, val_fraction: float = 0.0, val_shards: Sequence[str] | None = None
     ) -> None:
         """`val_fraction` / `val_shards` keep only the shards a training run held out with the same setting
-        (`data.datamodule.split_shards`: the last shards by name, or the named ones); by default every shard."""
-        from data.datamodule import split_shards
-
+        (`data.stream.split_shards`: the last shards by name, or the named ones); by default every shard."""
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         self.img_size = int(self.manifest["img_size"])

@@ -10,10 +10,11 @@ Conversion rule (the README repeats it):
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Iterator
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -84,6 +85,32 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
     return array_to_rgb(np.asarray(image))
 
 
+def _decode_file(fp: str | os.PathLike | BinaryIO, name: str) -> np.ndarray:
+    """An image file (path or binary file object) -> HxWx3 uint8 RGB: Pillow, EXIF orientation applied."""
+    try:
+        with Image.open(fp) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            return pil_to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(
+            f"refusing to decode image {name}: {e}. Pillow's limit (Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS} pixels) guards against decompression bombs; raise it if you trust the file"
+        ) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot read image {name}: {e}") from e
+
+
+def decode_image(data: bytes, name: str = "bytes") -> np.ndarray:
+    """The bytes of an image file (JPEG, PNG, TIFF, ...) -> HxWx3 uint8 RGB by the module's rule, as `load_image`
+    reads the file; `name` says where the bytes came from in errors.
+
+    Raises:
+        ImageReadError: bytes that are not a readable image.
+    """
+    return _decode_file(io.BytesIO(data), name)
+
+
 def load_image(source: ImageSource) -> np.ndarray:
     """A path, PIL image, HxWxC array or CxHxW / HxWxC uint8 tensor -> HxWx3 uint8 RGB array."""
     if isinstance(source, (str, os.PathLike)):
@@ -91,18 +118,7 @@ def load_image(source: ImageSource) -> np.ndarray:
             path = require_file(source, "image")
         except OSError as e:
             raise ImageReadError(str(e)) from e
-        try:
-            with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im)
-                im.load()
-                return pil_to_rgb(im)
-        except Image.DecompressionBombError as e:
-            raise ImageReadError(
-                f"refusing to decode image {path}: {e}. Pillow's limit (Image.MAX_IMAGE_PIXELS = "
-                f"{Image.MAX_IMAGE_PIXELS} pixels) guards against decompression bombs; raise it if you trust the file"
-            ) from e
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ImageReadError(f"cannot read image {path}: {e}") from e
+        return _decode_file(path, str(path))
     if isinstance(source, Image.Image):
         return pil_to_rgb(source)
     torch = sys.modules.get("torch")  # a tensor can only come from a process that imported torch

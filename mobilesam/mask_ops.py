@@ -1,4 +1,4 @@
-"""Mask utilities shared by the predictor, the facade and the automatic mask generator."""
+"""Mask utilities shared by the predictor, the facade, the automatic mask generator, the protocol and training."""
 
 from __future__ import annotations
 
@@ -56,6 +56,19 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     boxes = torch.stack([x1, y1, x2, y2], dim=-1).float()
     empty = ~rows.any(dim=-1)
     return torch.where(empty[..., None], torch.zeros_like(boxes), boxes)
+
+
+def mask_iou(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """IoU of boolean masks over their last two dims: ...xHxW -> (... IoUs, ... flags where both are empty).
+
+    Two empty masks agree that there is nothing: their IoU is defined as 1, and the flag says which ones they were.
+    The one IoU rule of the project (the metric protocol, the training losses' IoU target).
+    """
+    a, b = a.flatten(-2), b.flatten(-2)
+    inter = (a & b).sum(-1).float()
+    union = (a | b).sum(-1).float()
+    empty = union == 0
+    return torch.where(empty, torch.ones_like(union), inter / union.clamp_min(1)), empty
 
 
 # Above this fraction of blocks on the mask border, interpolating everything is cheaper than the sparse path.

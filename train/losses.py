@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
+from mobilesam.mask_ops import mask_iou
+
 
 def _mean_over_valid(per_cell: Tensor, valid: Tensor) -> Tensor:
     """PxHxW per-cell losses -> P means over the valid (HxW) cells."""
@@ -34,12 +36,9 @@ def focal_loss(logits: Tensor, target: Tensor, valid: Tensor, alpha: float = 0.2
 def mask_ious(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """IoU of the thresholded logits (> 0) with binary targets over the valid cells, per mask: ...xHxW -> ...
 
-    Two empty masks count as IoU 1 (as in `mobilesam.protocol.mask_iou`).
+    The IoU rule is `mobilesam.mask_ops.mask_iou` (two empty masks count as IoU 1), the protocol's.
     """
-    pred, gt = (logits > 0) & valid, (target > 0.5) & valid
-    inter = (pred & gt).flatten(-2).sum(-1).float()
-    union = (pred | gt).flatten(-2).sum(-1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return mask_iou((logits > 0) & valid, (target > 0.5) & valid)[0]
 
 
 def sam_losses(

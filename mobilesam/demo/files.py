@@ -9,57 +9,25 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .. import rle
 
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
-    """HxW bool mask -> COCO uncompressed RLE `{"size": [H, W], "counts": [...]}` (column-major run lengths,
-    starting with a run of zeros), the form `pycocotools.mask.frPyObjects` reads."""
-    m = np.asarray(mask, dtype=bool)
-    if m.ndim != 2:
-        raise ValueError(f"a mask must be HxW, got shape {m.shape}")
-    flat = m.ravel(order="F")
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": counts}
+rle_encode = rle.encode  # HxW bool mask -> COCO uncompressed RLE
 
 
-def rle_decode(rle: dict[str, Any]) -> np.ndarray:
+def rle_decode(seg: dict[str, Any]) -> np.ndarray:
     """COCO RLE (uncompressed, or compressed when pycocotools is installed) -> HxW bool mask."""
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        try:
-            from pycocotools import mask as mask_utils
-        except ImportError as e:
-            raise ImportError("compressed COCO RLE needs pycocotools: pip install 'mobilesam[coco]'") from e
-        c = counts.encode() if isinstance(counts, str) else counts
-        return mask_utils.decode({"size": [h, w], "counts": c}).astype(bool)
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.sum() != h * w:
-        raise ValueError(f"RLE counts sum to {int(counts.sum())} but the size {h}x{w} holds {h * w} pixels")
-    values = np.arange(len(counts)) % 2 == 1  # runs alternate 0, 1, 0, ...
-    return np.repeat(values, counts).reshape((w, h)).T
+    return rle.decode(seg).view(bool)
 
 
-def compress(rle: dict[str, Any]) -> dict[str, Any]:
+def compress(seg: dict[str, Any]) -> dict[str, Any]:
     """Uncompressed RLE -> COCO's compressed string form when pycocotools is installed, else unchanged."""
     try:
-        from pycocotools import mask as mask_utils
+        return rle.compress(seg)
     except ImportError:
-        return rle
-    h, w = rle["size"]
-    out = mask_utils.frPyObjects(rle, h, w)
-    return {"size": [int(h), int(w)], "counts": out["counts"].decode()}
+        return seg
 
 
-def bbox_xywh(mask: np.ndarray) -> list[int]:
-    """The tight XYWH box of a bool mask in pixels (zeros for an empty mask), as COCO writes `bbox`."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
-        return [0, 0, 0, 0]
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+bbox_xywh = rle.mask_bbox  # the tight XYWH box of a bool mask in pixels, as COCO writes `bbox`
 
 
 def masks_json(masks: np.ndarray, scores: np.ndarray, image_name: str, prompts: dict[str, Any]) -> dict[str, Any]:

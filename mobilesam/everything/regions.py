@@ -1,8 +1,8 @@
 """Helpers of the automatic mask generator: point grids, crop boxes, RLE encoding, small-region clean-up.
 
 Formats follow segment-anything's `utils/amg.py`, so records are interchangeable with the official generator's:
-boxes are XYXY with inclusive x2/y2 (XYWH as x, y, x2 - x, y2 - y), crop boxes XYXY with exclusive x1/y1, and
-uncompressed RLE counts run over the mask in column-major (Fortran) order, starting with a run of zeros.
+boxes are XYXY with inclusive x2/y2 (XYWH as x, y, x2 - x, y2 - y), crop boxes XYXY with exclusive x1/y1; RLE
+is `mobilesam.rle`'s.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from .. import rle
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
@@ -75,21 +77,8 @@ def xyxy_to_xywh(box: list[float] | np.ndarray) -> list:
 
 
 def mask_to_rle(masks: Tensor) -> list[dict[str, Any]]:
-    """NxHxW bool masks -> uncompressed RLEs {"size": [H, W], "counts": [...]} (column-major, zeros first)."""
-    n, h, w = masks.shape
-    if n == 0:
-        return []
-    flat = masks.transpose(1, 2).reshape(n, h * w)  # column-major order
-    mask_idx, pos = (flat[:, 1:] != flat[:, :-1]).nonzero(as_tuple=True)  # a run ends at pos
-    per_mask = torch.bincount(mask_idx, minlength=n).tolist()
-    ends = (pos + 1).split(per_mask)
-    first = flat[:, 0].tolist()
-    out = []
-    for i in range(n):
-        bounds = torch.cat([ends[i].new_zeros(1), ends[i], ends[i].new_full((1,), h * w)])
-        counts = torch.diff(bounds).tolist()
-        out.append({"size": [h, w], "counts": [0, *counts] if first[i] else counts})
-    return out
+    """NxHxW bool masks -> uncompressed RLEs {"size": [H, W], "counts": [...]} (`mobilesam.rle.encode`)."""
+    return [rle.encode(m) for m in masks.cpu().numpy()]
 
 
 def mask_areas(masks: Tensor) -> Tensor:
@@ -97,27 +86,13 @@ def mask_areas(masks: Tensor) -> Tensor:
     return masks.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32).long()
 
 
-def rle_area(rle: dict[str, Any]) -> int:
-    """Pixels set in an uncompressed RLE (the odd runs)."""
-    return int(sum(rle["counts"][1::2]))
-
-
-def coco_rle(mask: np.ndarray) -> dict[str, Any]:
-    """HxW bool mask -> COCO compressed RLE {"size": [H, W], "counts": str} (needs pycocotools)."""
-    mask_utils = import_pycocotools()
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-    rle["counts"] = rle["counts"].decode("utf-8")  # JSON-serialisable
-    return rle
+rle_area = rle.area
+coco_rle = rle.encode_compressed  # HxW bool mask -> COCO compressed RLE {"size": [H, W], "counts": str}
 
 
 def import_pycocotools():
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError as e:
-        raise ImportError(
-            "output_mode='coco_rle' needs pycocotools: pip install mobilesam[coco] (or pycocotools)"
-        ) from e
-    return mask_utils
+    """Fails early, naming the extra, when output_mode='coco_rle' cannot work."""
+    return rle.mask_api("output_mode='coco_rle'")
 
 
 def import_cv2():

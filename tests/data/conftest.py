@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 IMG_SIZE = 256
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    """One intra-op thread: the data tests run tiny models, where a second thread gains nothing and, on a busy
-    2-core machine, OpenMP spinning made a 0.2 s vit_t forward take 3 s."""
-    import torch
-
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread inside, the previous count restored after: the data tests run tiny models, where a
+    second thread gains nothing and, on a busy 2-core machine, OpenMP spinning made a 0.2 s vit_t forward take 3 s."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Each data test module runs on one thread; the setting ends with the module, so it never reaches the tests
+    of the other packages (a session-scoped setting did, for every test that ran after the first data test)."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +47,7 @@ def shards(sa1b_tars: list[Path], tmp_path_factory: pytest.TempPathFactory) -> P
     from data.precompute import run
 
     out = tmp_path_factory.mktemp("shards")
-    result = run(precompute_config(sa1b_tars[0].parent, out, img_size=IMG_SIZE, shard_size=3, batch_size=4))
+    with one_thread():  # a session fixture is set up before the module's one-thread fixture
+        result = run(precompute_config(sa1b_tars[0].parent, out, img_size=IMG_SIZE, shard_size=3, batch_size=4))
     assert result["manifest"] is not None
     return out

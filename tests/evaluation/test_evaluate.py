@@ -265,9 +265,17 @@ def test_wrong_sizes_and_options_are_refused(train_shards: Path, teacher_file: P
         evaluate(teacher_file, train_shards, None, img_size=256, masks_per_image=0)
 
 
-def test_command_line(train_shards: Path, teacher_file: Path, tmp_path: Path) -> None:
+# Runs a script with Lightning made unimportable: `import lightning` raises ImportError, as where it is not installed
+WITHOUT_LIGHTNING = (
+    "import runpy, sys; sys.modules['lightning'] = sys.modules['pytorch_lightning'] = None; "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def test_command_line_runs_without_lightning(train_shards: Path, teacher_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    cmd = [sys.executable, "scripts/evaluate.py", f"checkpoint={teacher_file}", f"shards={train_shards}"]
+    cmd = [sys.executable, "-c", WITHOUT_LIGHTNING, "scripts/evaluate.py"]
+    cmd += [f"checkpoint={teacher_file}", f"shards={train_shards}"]
     cmd += [f"out_dir={out}", "img_size=256", "masks_per_image=2", "limit=4", "num_workers=1", "progress=false"]
     cmd += ["teacher=vit_t", f"teacher.checkpoint={teacher_file}"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -276,6 +284,13 @@ def test_command_line(train_shards: Path, teacher_file: Path, tmp_path: Path) ->
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["images"] == 4 and set(metrics) >= {"vs_teacher", "teacher_vs_ground_truth"}
     assert "vs_teacher" in done.stdout and f"{metrics['vs_teacher']['point']:.4f}" in done.stdout
+    # the guard itself works: the same way of running fails at once on a module that needs Lightning
+    needs = tmp_path / "needs_lightning.py"
+    needs.write_text("import data.datamodule\n")
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_LIGHTNING, str(needs)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "lightning" in done.stderr
 
 
 def test_config_names_what_is_missing(tmp_path: Path, teacher_file: Path) -> None:

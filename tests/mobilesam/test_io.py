@@ -72,3 +72,23 @@ def test_saving_picks_the_format_by_extension_and_png_fast(tmp_path):
     png, jpg = save_picture(pic, tmp_path / "a.png"), save_picture(pic, tmp_path / "b.JPG")
     assert Image.open(png).format == "PNG" and np.array_equal(np.asarray(Image.open(png)), out)  # lossless
     assert Image.open(jpg).format == "JPEG" and Image.open(jpg).size == (80, 60)
+
+
+def test_image_bytes_decode_by_the_same_rule_as_files(tmp_path):
+    from mobilesam.io import decode_image
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (10, 20, 3), dtype=np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    for name in ("rot.jpg", "rot.png"):
+        path = tmp_path / name
+        img.save(path, exif=exif)
+        out = decode_image(path.read_bytes(), name)
+        assert out.shape == (20, 10, 3) and out.dtype == np.uint8
+        assert np.array_equal(out, load_image(path))
+    u16 = tmp_path / "g16.png"
+    Image.fromarray(np.array([[1000, 2000], [3000, 5000]], np.uint16)).save(u16)
+    assert decode_image(u16.read_bytes())[..., 0].tolist() == [[0, 64], [128, 255]]  # stretched min..max
+    with pytest.raises(ImageReadError, match="cannot read image sa_7.jpg"):
+        decode_image(b"\0" * 64, "sa_7.jpg")
