@@ -99,7 +99,7 @@ class Attention(nn.Module):
     least FOLD_MIN_TOKENS tokens (global blocks); on CPU, windowed blocks (14 x 14 = 196 tokens) keep the bias, whose
     few-KiB table the fused kernel reads blockwise while the folded dot products are ~40% wider: measured 1.19x
     slower folded there, against 0.70x and 282 vs 2169 MiB peak for a ViT-H global block at 1024
-    (`python scripts/benchmark.py attention`).
+    (`python -m benchmarks attention`).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""What one training step costs: memory held for the backward pass, floating-point operations and CPU time.
+"""What one training step of each fine-tuning recipe costs: memory kept for backward, GFLOP and CPU time.
 
 Runs one optimisation step of each fine-tuning mode on a real batch (generated labelled images, made into shards by
 the same `CustomDataModule` the experiments use, at `--img-size`) and measures, per step:
@@ -22,11 +22,12 @@ import argparse
 import math
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks import timing
 
 
 def _conv_backward_flops(grad_out, x, w, _b, _s, _p, _d, transposed, _op, _g, output_mask, out_shape=None, **_):
@@ -81,7 +82,7 @@ def _loss(m, batch: dict[str, Any]) -> torch.Tensor:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="benchmark.py finetune", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks finetune", description=__doc__)
     ap.add_argument("--img-size", type=int, default=1024)
     ap.add_argument("--modes", default="masks,masks_encoder,domain,pitl")
     ap.add_argument("--batch-masks", type=int, default=2, help="images per step in the masks modes (default: 2)")
@@ -90,7 +91,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--prompts", type=int, default=16, help="prompts per image (default: 16)")
     ap.add_argument("--rounds", type=int, default=2, help="corrective rounds (default: 2)")
     ap.add_argument("--repeat", type=int, default=3, help="timed steps per mode (default: 3)")
+    ap.add_argument("--quick", action="store_true", help="the masks mode at 256, 1 image, 2 prompts: a smoke run")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.img_size, args.modes, args.batch_masks, args.prompts, args.rounds, args.repeat = 256, "masks", 1, 2, 1, 1
+        args.batch_domain = args.batch_pitl = 1
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -116,11 +121,8 @@ def main(argv: list[str]) -> int:
         full = next(iter(dm.train_dataloader()))
         if len(full["key"]) < n:
             raise SystemExit(f"the generated data gave a batch of {len(full['key'])} images, not {n}")
-        print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, img_size {s}")
-        print(
-            f"{'mode':<14}{'images':>7}{'trains (M params)':>19}{'saved for backward':>20}{'+ weights/grads/AdamW':>23}"
-            f"{'GFLOP/step':>12}{'CPU s/step':>12}"
-        )
+        timing.print_header(f"finetune: one optimisation step per recipe at img_size {s}, fp32 on the CPU")
+        rows = []
         for mode in args.modes.split(","):
             bs = {"domain": args.batch_domain, "pitl": args.batch_pitl}.get(mode, args.batch_masks)
             batch = {k: v[:bs] if isinstance(v, (torch.Tensor, list)) else v for k, v in full.items()}
@@ -134,16 +136,19 @@ def main(argv: list[str]) -> int:
                 loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            times = []
-            for _ in range(args.repeat):
-                t = time.perf_counter()
+
+            def step(m=m, opt=opt, batch=batch) -> None:
                 _loss(m, batch).backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                times.append(time.perf_counter() - t)
-            print(
-                f"{mode:<14}{len(batch['key']):>7}{trainable / 1e6:>19.2f}{saved / 2**30:>17.2f} GiB"
-                f"{(weights + state) / 2**30:>20.2f} GiB{fc.get_total_flops() / 1e9:>12.0f}"
-                f"{statistics.median(times):>12.2f}"
-            )
+
+            times = timing.repeat(step, args.repeat, warmup=0)  # the counted step above warmed up
+            rows.append(
+                [mode, len(batch["key"]), f"{trainable / 1e6:.2f}", f"{saved / 2**30:.2f} GiB",
+                 f"{(weights + state) / 2**30:.2f} GiB", f"{fc.get_total_flops() / 1e9:.0f}",
+                 timing.seconds(statistics.median(times), "s")]
+            )  # fmt: skip
+        head = ["mode", "images", "trains (M params)", "saved for backward", "+ weights/grads/AdamW", "GFLOP/step"]
+        print(timing.table(head + ["median CPU time per step"], rows))
+        print(f"(median of {args.repeat} steps after the counted one)")
     return 0

@@ -1,6 +1,6 @@
 """One GPU check: measured rates of every GPU-bound part, and the `distill_1pct` wall time built from them.
 
-`python scripts/benchmark.py gpu [--budget 480]` on one CUDA GPU (H100/H200: ~5 min) prints, each from measured
+`python -m benchmarks gpu [--budget 480]` on one CUDA GPU (H100/H200: ~5 min) prints, each from measured
 rates (random weights: speed does not depend on them; drift does a little, rerun `teacher_precision` with the
 real checkpoint for the recorded number):
 - teacher (vit_h at 1024) images/s in fp32, tf32 and bf16, each with the folded relative positions and with the
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 import traceback
@@ -28,10 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mobilesam import build_sam  # noqa: E402
-from mobilesam.modeling.image_encoder import set_rel_pos_folding  # noqa: E402
+from benchmarks import timing
+from mobilesam import build_sam
+from mobilesam.modeling.image_encoder import set_rel_pos_folding
 
 N_IMAGES = 112_000  # the 1% split (data/splits/sa1b_train_1pct.txt)
 
@@ -48,21 +46,9 @@ class Ctx:
         self.iters = 1 if quick else 5
         self.rates: dict[str, float] = {}
 
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
     def timed(self, fn, n_items: int) -> float:
         """Items/s of `fn()`: one warm-up call (not with --quick), then the median over `iters` calls."""
-        if not self.quick:
-            fn()
-            self.sync()
-        times = []
-        for _ in range(self.iters):
-            t = time.perf_counter()
-            fn()
-            self.sync()
-            times.append(time.perf_counter() - t)
+        times = timing.repeat(fn, self.iters, warmup=0 if self.quick else 1, sync=timing.sync_for(self.device))
         return n_items / statistics.median(times)
 
     def left(self) -> float:
@@ -185,13 +171,11 @@ def part_loader(c: Ctx, workers: int) -> None:
             w = 0 if c.quick else workers
             loader = DataLoader(stream, batch_size=None, num_workers=w, pin_memory=c.device.type == "cuda")
             rates = []
-            for epoch in range(3):
+            for epoch in range(3):  # epoch 0 warms up
                 stream.set_epoch(epoch)
-                t, k = time.perf_counter(), 0
-                for b in loader:
-                    k += len(b["key"])
+                t, k = timing.timed(lambda loader=loader: sum(len(b["key"]) for b in loader))
                 if epoch:
-                    rates.append(k / (time.perf_counter() - t))
+                    rates.append(k / t)
             name = f"loader_masks{masks}"
             c.rates[name] = statistics.median(rates)
             print(f"{name}: {c.rates[name]:.1f} samples/s with {w} workers (epochs of {n}, worker start-up included)")
@@ -244,7 +228,7 @@ def estimate(c: Ctx) -> None:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="benchmark.py gpu", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks gpu", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes on the CPU: exercises the code paths only")
     ap.add_argument("--workers", type=int, default=8, help="loader workers")
     ap.add_argument("--budget", type=float, default=480, help="seconds; later parts are skipped when it runs out")
@@ -254,8 +238,8 @@ def main(argv: list[str]) -> int:
         return 0
     device = torch.device("cpu" if args.quick else "cuda")
     c = Ctx(args.quick, device, args.budget)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (--quick: not a measurement)"
-    print(f"{name}; torch {torch.__version__}; img_size {c.img}; teacher {c.teacher}")
+    what = "" if device.type == "cuda" else " (--quick on the CPU: a smoke run, not a measurement)"
+    timing.print_header(f"gpu: rates of the GPU-bound parts, img_size {c.img}, teacher {c.teacher}{what}", str(device))
     parts = [
         ("teacher", lambda: part_teacher(c)),
         ("student", lambda: part_student(c)),
@@ -276,9 +260,6 @@ def main(argv: list[str]) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     estimate(c)
+    print(timing.table(["part", "rate (median of the timed calls)"], [[k, f"{v:.2f} /s"] for k, v in c.rates.items()]))
     print(f"done in {time.perf_counter() - c.t0:.0f} s" + (f"; failed parts: {failed}" if failed else ""))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
