@@ -1,17 +1,32 @@
-# Each target sets itself up on a fresh machine: a .venv in the repo root, the project installed into it.
+# Each target sets itself up on a fresh machine: a .venv in the repo root, the project installed into it with the
+# extras that target needs. One stamp file per set of extras, each adding to the one before, so `make demo` then
+# `make test` (or the other way round) share one .venv and install only what is missing.
 PY := .venv/bin/python
+export NO_MKDOCS_2_WARNING := 1  # Material for MkDocs prints a notice about its successor on every build
 
-.venv/.installed: pyproject.toml
+.venv/.installed-train: pyproject.toml  ## what the main job needs: the project and its training extras
 	python3 -m venv .venv
-	$(PY) -m pip install -e ".[train,onnx,coco,dev]"
+	$(PY) -m pip install -e ".[train]"
 	touch $@
 
-.PHONY: demo test lint
-demo: .venv/.installed  ## the main job on its embedded default
+.venv/.installed-docs: .venv/.installed-train  ## + MkDocs (Material theme) for the documentation site
+	$(PY) -m pip install -e ".[train,docs]"
+	touch $@
+
+.venv/.installed-test: .venv/.installed-docs  ## + every runtime, Ultralytics, the reference implementations, pytest, ruff
+	$(PY) -m pip install -e ".[train,docs,onnx,coco,dev]"
+	touch $@
+
+.PHONY: demo test docs lint
+demo: .venv/.installed-train  ## the main job on its embedded default
 	$(PY) train.py
 
-test: .venv/.installed  ## the test suite (CPU, a few minutes)
+test: .venv/.installed-test  ## the documentation site, strictly (a broken link fails), then the test suite (CPU)
+	$(PY) -m mkdocs build --strict --quiet
 	$(PY) -m pytest -q --durations=15
 
-lint: .venv/.installed
+docs: .venv/.installed-docs  ## the documentation site, into site/
+	$(PY) -m mkdocs build --strict
+
+lint: .venv/.installed-test
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
