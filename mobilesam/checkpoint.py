@@ -17,9 +17,11 @@ from torch import Tensor, nn
 from .files import atomic_write, require_file, write_json
 from .variants import (
     DEFAULT_IMG_SIZE,
+    STUDENTS,
+    TIMM_STUDENT,
     VARIANTS,
     VariantError,
-    check_img_size,
+    check_student_size,
     check_variant,
     infer_variant,
     size_from_weights,
@@ -37,8 +39,24 @@ class CheckpointError(RuntimeError):
 
 
 def sidecar_path(checkpoint: str | os.PathLike) -> Path:
-    """`x/foo_mobile_sam.pt` -> `x/foo_mobile_sam.json`."""
+    """`x/foo_mobile_sam.pt` -> `x/foo_mobile_sam.json`, `x/repvit_m1_1.pt` -> `x/repvit_m1_1.json`."""
     return Path(checkpoint).with_suffix(".json")
+
+
+def weights_name(variant: str) -> str:
+    """The file name a trained model is saved under: `mobile_sam.pt` for vit_t (the official format, which
+    Ultralytics recognises by that suffix), `<student>.pt` for any other student, `sam_<b|l|h>.pt` for SAM's ViTs."""
+    name = check_variant(variant)
+    if name == "vit_t":
+        return "mobile_sam.pt"
+    return f"sam_{name[-1]}.pt" if name in VARIANTS else f"{name}.pt"
+
+
+def student_meta(variant: str) -> dict[str, str]:
+    """The sidecar fields that name the model: `variant`, and `student` for every student (vit_t: tiny_vit_5m)."""
+    name = check_variant(variant)
+    student = next((s for s in STUDENTS if check_variant(s) == name), None)
+    return {"variant": name} | ({"student": student} if student else {})
 
 
 def read_sidecar(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
@@ -53,10 +71,11 @@ def read_sidecar(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(meta, dict):
         raise CheckpointError(f"the sidecar {path} must hold a JSON object, found {type(meta).__name__}")
     try:  # the fields that decide how the weights are built: checked where they are read
+        names = {k: check_variant(meta[k], k) for k in ("student", "variant") if meta.get(k) is not None}
+        if len(set(names.values())) > 1:
+            raise VariantError(f"student={meta['student']!r} and variant={meta['variant']!r} name different models")
         if meta.get("img_size") is not None:
-            check_img_size(meta["img_size"], "img_size")
-        if meta.get("variant") is not None:
-            check_variant(meta["variant"], "variant")
+            check_student_size(next(iter(names.values()), "vit_t"), meta["img_size"], "img_size")
     except VariantError as e:
         raise CheckpointError(f"the sidecar {path} is invalid: {e}. Fix the field, or delete the sidecar") from e
     return meta
@@ -146,7 +165,10 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = 
             lines.append(f"Unexpected keys: {_preview(unexpected)}")
         if shapes:
             lines.append(f"Shape mismatches: {_preview(shapes, 4)}")
-        lines.append("Check the variant (vit_t, vit_b, vit_l, vit_h) and the img_size the file was made for.")
+        lines.append(
+            "Check the variant (vit_t, vit_b, vit_l, vit_h) or the student (its sidecar's `student`) and the img_size "
+            "the file was made for."
+        )
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state_dict, strict=True)
 
@@ -160,8 +182,8 @@ class Checkpoint:
         kind: "state_dict" (a flat state dict, e.g. `mobile_sam.pt`, `sam_vit_h_4b8939.pth`), "wrapped" (a
             `{"model": state_dict}` dict) or "lightning" (a training `.ckpt`).
         state_dict: flat state dict with the official keys (wrapper and LightningModule prefixes removed).
-        variant: "vit_t", "vit_b", "vit_l" or "vit_h".
-        variant_from: where the variant came from ("its weights").
+        variant: "vit_t", "vit_b", "vit_l", "vit_h" or a student's name ("repvit_m1_1", ...).
+        variant_from: where the variant came from ("its weights", "its sidecar").
         img_size: input side in pixels the weights are for.
         img_size_from: where img_size came from ("its sidecar", "its positional embedding", ...).
         meta: what the file says about itself (its sidecar, or a training checkpoint's hyper-parameters).
@@ -243,28 +265,25 @@ def open_checkpoint(
         meta = {"hyper_parameters": hparams, "epoch": obj.get("epoch"), "global_step": obj.get("global_step")}
         if (size := find_setting(hparams, "img_size")) is not None:
             sizes["the checkpoint's hyper_parameters"] = int(size)
-        variant_said, said_where = find_setting(hparams, "variant"), "its hyper_parameters"
+        variant_said = find_setting(hparams, "student") or find_setting(hparams, "variant")
+        said_where = "its hyper_parameters"
     else:
         kind = "wrapped" if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else "state_dict"
         state = flat_state_dict(obj, str(path))
         meta = read_sidecar(path) or {}
         if meta.get("img_size") is not None:
             sizes["its sidecar"] = int(meta["img_size"])
-        variant_said, said_where = meta.get("variant"), "its sidecar"
-    try:
-        found = infer_variant(state)
-    except VariantError as e:
-        raise CheckpointError(f"{role}={path}: {e}") from e
-    if variant_said in VARIANTS and variant_said != found:
-        raise CheckpointError(f"{path}: {said_where} says {variant_said!r} but its weights are {found!r}")
-    if variant not in (None, "auto") and variant != found:
+        variant_said, said_where = meta.get("student") or meta.get("variant"), "its sidecar"
+    found, found_where = _identify(state, variant_said, said_where, path, role)
+    if variant not in (None, "auto") and check_variant(variant) != found:
         raise CheckpointError(
-            f"{role}={path} holds {found} weights but {variant} was asked for; ask for {found} (or variant='auto')"
+            f"{role}={path} holds {found} weights ({found_where}) but {variant} was asked for; ask for {found} "
+            "(or variant='auto')"
         )
     if (size := size_from_weights(state, found)) is not None:
         sizes["its positional embedding"] = size
     if img_size is not None:
-        sizes["the img_size asked for"] = check_img_size(int(img_size))
+        sizes["the img_size asked for"] = check_student_size(found, int(img_size))
     if len(set(sizes.values())) > 1:
         said = ", ".join(f"{v} ({k})" for k, v in sizes.items())
         raise CheckpointError(
@@ -280,4 +299,26 @@ def open_checkpoint(
         )
     else:
         size_from, size = "the official default (no sidecar)", DEFAULT_IMG_SIZE  # DESIGN.md: no sidecar = 1024
-    return Checkpoint(path, kind, state, found, "its weights", size, size_from, meta)
+    return Checkpoint(path, kind, state, found, found_where, size, size_from, meta)
+
+
+def _identify(state: dict[str, Tensor], said: Any, said_where: str, path: Path, role: str) -> tuple[str, str]:
+    """(the model a state dict is, where that came from): the weights name TinyViTs and SAM ViTs; a timm student's
+    weights need the name its sidecar (or hyper-parameters) gives, and a name the weights contradict is refused."""
+    try:
+        found = infer_variant(state)
+        named = check_variant(said, "student") if said is not None else None
+    except VariantError as e:
+        raise CheckpointError(f"{role}={path}: {e}") from e
+    if found == TIMM_STUDENT:
+        timm_students = [s for s, v in STUDENTS.items() if v.family == "timm"]
+        if named not in timm_students:
+            raise CheckpointError(
+                f"{role}={path} holds a timm student's weights (image_encoder.backbone.*) but "
+                f"{said_where + ' names ' + str(named) if said else 'no sidecar names the student'}: its sidecar "
+                f'{sidecar_path(path).name} must say "student": one of {", ".join(timm_students)}'
+            )
+        return named, said_where
+    if named is not None and named != found:
+        raise CheckpointError(f"{path}: {said_where} says {said!r} but its weights are {found!r}")
+    return found, "its weights"
