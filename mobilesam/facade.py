@@ -16,7 +16,6 @@ from torch import Tensor
 from .build import build_sam
 from .device import choose_device
 from .io import ImageSource, image_batches, load_image
-from .many_prompts import predict_many
 from .mask_ops import masks_to_boxes
 from .predictor import SamPredictor
 from .prompts import PromptError, check_inside, parse_prompts
@@ -160,23 +159,8 @@ class SAM:
             p.set_image(image)
         else:
             p.set_embedding(*embedded)
-        dev = self.device
-        coords = labels = tboxes = None
-        if pts is not None:
-            coords = torch.as_tensor(p.transform.apply_coords(pts, size), dtype=torch.float, device=dev)
-            labels = torch.as_tensor(labs, dtype=torch.int, device=dev)
-        if boxes is not None:
-            tboxes = torch.as_tensor(p.transform.apply_boxes(boxes, size), dtype=torch.float, device=dev)
-        with p._autocast():  # chunked, factored decoding; full-size masks made as bool, one chunk at a time
-            masks, iou = predict_many(
-                self.model,
-                p.features,
-                None if coords is None else (coords, labels),
-                tboxes,
-                multimask_output,
-                p.input_size,
-                p.original_size,
-            )
+        # chunked, factored decoding; full-size masks made as bool, one chunk at a time
+        masks, iou = p.predict_many(pts, labs, boxes, multimask_output)
         masks = masks.flatten(0, 1)  # objects x C x H x W -> (objects*C) x H x W, object-major
         prompts = {"points": pts, "labels": labs, "boxes": boxes}
         return Results(

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .modeling import Sam
-from .modeling.transformer import Attention, TwoWayAttentionBlock
+from .modeling.transformer import Attend, Attention
 
 
 def _heads(x: Tensor, num_heads: int) -> Tensor:
@@ -42,66 +42,66 @@ def _scores(rows: Tensor, keys: Tensor, key_pe: Tensor) -> Tensor:
     return scores.baddbmm_(rows, keys.transpose(1, 2))
 
 
-def _token_to_image(attn: Attention, q: Tensor, keys: Tensor, key_pe: Tensor) -> Tensor:
-    """`attn(q, keys + key_pe, keys)`: T prompt tokens q (BxTxC) attend to N image tokens (1xNxC or BxNxC).
+class Factored(Attend):
+    """The two-way transformer's image attentions factored around the image tokens (1xNxC shared, or BxNxC).
 
-    The queries are projected back through the key projection (BxHxTxC), so the image tokens are never
-    projected; the key bias only shifts each query's scores by a constant and drops out of the softmax; the
-    value projection is applied after the attention (its rows sum to 1, so its bias passes through).
+    `image_keys` keeps the image tokens and their encoding apart (their sum is never formed over BxNxC); the
+    prompt-token self-attention is the plain path's.
     """
-    b, t, c = q.shape
-    nh = attn.num_heads
-    d = attn.internal_dim // nh
-    qh = _heads(attn.q_proj(q), nh)  # B x H x T x d
-    qt = ((qh @ attn.k_proj.weight.view(nh, d, c)) * d**-0.5).reshape(b, nh * t, c)
-    probs = _scores(qt, keys, key_pe).softmax(dim=-1)  # B x HT x N
-    if keys.shape[0] == 1:
-        mixed = probs.reshape(b * nh * t, -1) @ keys[0]
-    else:
-        mixed = torch.bmm(probs, keys)
-    out = mixed.view(b, nh, t, c) @ attn.v_proj.weight.view(nh, d, c).transpose(1, 2) + attn.v_proj.bias.view(nh, 1, d)
-    return attn.out_proj(out.transpose(1, 2).reshape(b, t, nh * d))
+
+    def image_keys(self, keys: Tensor, key_pe: Tensor) -> Tensor:
+        return key_pe
+
+    def token_to_image(self, attn: Attention, q: Tensor, keys: Tensor, k: Tensor) -> Tensor:
+        """`attn(q, keys + key_pe, keys)` (`k` is key_pe): T prompt tokens q (BxTxC) attend to the N image tokens.
+
+        The queries are projected back through the key projection (BxHxTxC), so the image tokens are never
+        projected; the key bias only shifts each query's scores by a constant and drops out of the softmax; the
+        value projection is applied after the attention (its rows sum to 1, so its bias passes through).
+        """
+        key_pe = k
+        b, t, c = q.shape
+        nh = attn.num_heads
+        d = attn.internal_dim // nh
+        qh = _heads(attn.q_proj(q), nh)  # B x H x T x d
+        qt = ((qh @ attn.k_proj.weight.view(nh, d, c)) * d**-0.5).reshape(b, nh * t, c)
+        probs = _scores(qt, keys, key_pe).softmax(dim=-1)  # B x HT x N
+        if keys.shape[0] == 1:
+            mixed = probs.reshape(b * nh * t, -1) @ keys[0]
+        else:
+            mixed = torch.bmm(probs, keys)
+        v_weight = attn.v_proj.weight.view(nh, d, c).transpose(1, 2)
+        out = mixed.view(b, nh, t, c) @ v_weight + attn.v_proj.bias.view(nh, 1, d)
+        return attn.out_proj(out.transpose(1, 2).reshape(b, t, nh * d))
+
+    def image_to_token(self, attn: Attention, keys: Tensor, k: Tensor, q: Tensor, v: Tensor) -> Tensor:
+        """`keys + attn(keys + key_pe, q, v)` (`k` is key_pe): the N image tokens attend to T prompt tokens (BxTxC).
+
+        Scores are `q Wq^T K^T + bq K^T`: the image tokens meet the prompt keys projected back to C channels (the
+        bias term varies over the keys and is kept). The output `out_proj(A V)` is `A (V Wo^T) + bo`; as each
+        head's weights sum to 1, `bo / H` is folded into every row of `V Wo^T`, and the residual is the
+        accumulator of that last product. BxNxC keys (decode_embedded's own tensors) are updated in place.
+        """
+        key_pe = k
+        b, t, c = q.shape
+        nh = attn.num_heads
+        d = attn.internal_dim // nh
+        scale = d**-0.5
+        kh = _heads(attn.k_proj(q), nh)  # B x H x T x d
+        m = ((kh @ attn.q_proj.weight.view(nh, d, c)) * scale).reshape(b, nh * t, c)
+        bias = (kh @ attn.q_proj.bias.view(nh, d, 1)).view(b, nh * t, 1) * scale
+        vh = _heads(attn.v_proj(v), nh)  # B x H x T x d
+        u = vh @ attn.out_proj.weight.view(c, nh, d).permute(1, 2, 0) + attn.out_proj.bias / nh  # B x H x T x C
+        # Softmax over the T prompt tokens of each head: dim 2 of B x H x T x N
+        probs = _scores(m, keys, key_pe).add_(bias).view(b, nh, t, -1).softmax(dim=2)
+        n = probs.shape[-1]
+        update = probs.view(b, nh * t, n).transpose(1, 2)
+        if keys.shape[0] == b:  # one key set per prompt: the residual accumulates in place (no B x N x C copy)
+            return keys.baddbmm_(update, u.reshape(b, nh * t, c))
+        return torch.baddbmm(keys.expand(b, n, c), update, u.reshape(b, nh * t, c))
 
 
-def _image_to_token(attn: Attention, keys: Tensor, key_pe: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """`keys + attn(keys + key_pe, k, v)`: N image tokens (1xNxC or BxNxC) attend to T prompt tokens (BxTxC).
-
-    Scores are `q Wq^T K^T + bq K^T`: the image tokens meet the prompt keys projected back to C channels (the
-    bias term varies over the keys and is kept). The output `out_proj(A V)` is `A (V Wo^T) + bo`; as each
-    head's weights sum to 1, `bo / H` is folded into every row of `V Wo^T`, and the residual is the
-    accumulator of that last product. BxNxC keys (decode_embedded's own tensors) are updated in place.
-    """
-    b, t, c = k.shape
-    nh = attn.num_heads
-    d = attn.internal_dim // nh
-    scale = d**-0.5
-    kh = _heads(attn.k_proj(k), nh)  # B x H x T x d
-    m = ((kh @ attn.q_proj.weight.view(nh, d, c)) * scale).reshape(b, nh * t, c)
-    bias = (kh @ attn.q_proj.bias.view(nh, d, 1)).view(b, nh * t, 1) * scale
-    vh = _heads(attn.v_proj(v), nh)  # B x H x T x d
-    u = vh @ attn.out_proj.weight.view(c, nh, d).permute(1, 2, 0) + attn.out_proj.bias / nh  # B x H x T x C
-    # Softmax over the T prompt tokens of each head: dim 2 of B x H x T x N
-    probs = _scores(m, keys, key_pe).add_(bias).view(b, nh, t, -1).softmax(dim=2)
-    n = probs.shape[-1]
-    update = probs.view(b, nh * t, n).transpose(1, 2)
-    if keys.shape[0] == b:  # one key set per prompt: the residual accumulates in place (no B x N x C copy)
-        return keys.baddbmm_(update, u.reshape(b, nh * t, c))
-    return torch.baddbmm(keys.expand(b, n, c), update, u.reshape(b, nh * t, c))
-
-
-def _block(layer: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor):
-    """`TwoWayAttentionBlock.forward` with the image attentions factored (keys may be shared: 1xNxC)."""
-    if layer.skip_first_layer_pe:
-        queries = layer.self_attn(queries, queries, queries)
-    else:
-        q = queries + query_pe
-        queries = queries + layer.self_attn(q, q, queries)
-    queries = layer.norm1(queries)
-    attn = _token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys, key_pe)
-    queries = layer.norm2(queries + attn)
-    queries = layer.norm3(queries + layer.mlp(queries))
-    keys = _image_to_token(layer.cross_attn_image_to_token, keys, key_pe, queries + query_pe, queries)
-    return queries, layer.norm4(keys)
+FACTORED = Factored()
 
 
 @torch.no_grad()
@@ -135,13 +135,7 @@ def decode_embedded(
     src = (features + dense[:1]).flatten(2).transpose(1, 2).contiguous()  # 1xCxhxw -> 1x(hw)xC
     key_pe = pe.get_dense_pe().flatten(2).transpose(1, 2)
 
-    transformer = dec.transformer
-    queries, keys = tokens, src
-    for layer in transformer.layers:
-        queries, keys = _block(layer, queries, keys, tokens, key_pe)
-    q = queries + tokens
-    attn = _token_to_image(transformer.final_attn_token_to_image, q, keys, key_pe)
-    queries = transformer.norm_final_attn(queries + attn)
+    queries, keys = dec.transformer.run_tokens(tokens, src, key_pe, FACTORED)
 
     iou = dec.iou_prediction_head(queries[:, 0])
     hyper = torch.stack([mlp(queries[:, 1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
@@ -153,6 +147,17 @@ def upscale(model: Sam, keys: Tensor, hyper: Tensor) -> Tensor:
     """Mask logits from `decode_tokens` outputs: Bx(h*w)xC tokens and BxMx(C/8) weights -> BxMx(4h)x(4w)."""
     h, w = model.prompt_encoder.image_embedding_size
     return model.mask_decoder.upscale_and_project(keys.contiguous(), hyper, h, w)
+
+
+@torch.no_grad()
+def decode_low_res(
+    pe: nn.Module, dec: nn.Module, features: Tensor, sparse: Tensor, dense: Tensor
+) -> tuple[Tensor, Tensor]:
+    """`MaskDecoder.predict_masks`, factored, for B prompt sets on one 1xCxhxw embedding (any prompt encoder and
+    mask decoder pair): the four masks' logits Bx4x(4h)x(4w) (0 single-mask, 1-3 multimask) and IoUs Bx4."""
+    iou, hyper, keys = decode_embedded(pe, dec, features, sparse, dense)
+    h, w = pe.image_embedding_size
+    return dec.upscale_and_project(keys.contiguous(), hyper, h, w), iou
 
 
 def decode(model: Sam, features: Tensor, points: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -220,4 +225,51 @@ def predict_many(
     return masks, ious
 
 
-__all__ = ["decode", "decode_embedded", "decode_tokens", "predict_many", "upscale"]
+@torch.no_grad()
+def predict_many_low_res(
+    model: Sam,
+    features: Tensor,
+    points: tuple[Tensor, Tensor] | None,
+    boxes: Tensor | None,
+    multimask_output: bool,
+    min_iou: float | None = None,
+    chunk: int = CHUNK,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Low-resolution logits of B prompt sets' masks, upscaled only where the predicted IoU exceeds `min_iou`.
+
+    The tokens of all B sets are decoded at once and the IoU head runs before any upscaling; the sets with a
+    mask kept are upscaled `chunk` at a time (a set's upscaled features are 8 MiB at 1024: small chunks stay in
+    cache).
+
+    Args:
+        points, boxes: as `predict_many` (the resized frame's pixels).
+        multimask_output: masks 1..3 instead of mask 0.
+        min_iou: keep the masks whose predicted IoU is above it; None keeps all.
+
+    Returns:
+        Kx(4h)x(4w) float32 logits of the K kept masks in (prompt set, mask) order, BxM float32 predicted IoUs
+        and the BxM bool kept flags (M = 3 or 1).
+    """
+    sparse, dense = model.prompt_encoder(points, boxes, None)
+    iou, hyper, keys = decode_embedded(model.prompt_encoder, model.mask_decoder, features, sparse, dense)
+    sel = slice(1, None) if multimask_output else slice(0, 1)
+    iou = iou[:, sel].float()
+    keep = iou > min_iou if min_iou is not None else torch.ones_like(iou, dtype=torch.bool)
+    sets = keep.any(1).nonzero().flatten()
+    if len(sets) == 0:
+        h, w = model.prompt_encoder.image_embedding_size
+        return iou.new_zeros(0, 4 * h, 4 * w), iou, keep
+    logits = [upscale(model, keys[part], hyper[part, sel]).float()[keep[part]] for part in sets.split(chunk)]
+    return torch.cat(logits), iou, keep
+
+
+__all__ = [
+    "Factored",
+    "decode",
+    "decode_embedded",
+    "decode_low_res",
+    "decode_tokens",
+    "predict_many",
+    "predict_many_low_res",
+    "upscale",
+]

@@ -3,20 +3,51 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .io import array_to_rgb
+from .io import ImageReadError, array_to_rgb
+from .many_prompts import CHUNK, predict_many, predict_many_low_res
 from .modeling import Sam
-from .prompts import SAM_LABELS, check_box_order, check_finite, check_inside, check_labels, check_point_shapes
+from .prompts import (
+    SAM_LABELS,
+    PromptError,
+    check_box_order,
+    check_finite,
+    check_inside,
+    check_labels,
+    check_point_shapes,
+)
 from .transforms import ResizeLongestSide
+
+
+def _image_array(image: Any, where: str) -> np.ndarray:
+    """An image given to the predictor -> HxWx3 uint8 RGB; a path or anything not an array is refused by name."""
+    if isinstance(image, (str, os.PathLike)):
+        raise ImageReadError(
+            f"{where} takes an HxWx3 uint8 RGB array, not the path {str(image)!r}: read the file first with "
+            f"mobilesam.load_image({str(image)!r}), or give the path to mobilesam.SAM(...).predict, which reads files"
+        )
+    a = np.asarray(image)
+    if a.ndim == 0 or a.dtype == object:
+        raise ImageReadError(
+            f"{where} takes an HxWx3 uint8 RGB array, got a {type(image).__name__}; read an image file with "
+            "mobilesam.load_image(path)"
+        )
+    return array_to_rgb(a)
 
 
 class SamPredictor:
     """Computes the image embedding once with `set_image`, then predicts masks for prompts with `predict`.
+
+    `predict` decodes one object, `predict_torch` a batch of prompt sets in the resized frame, and `predict_many`
+    any number of objects (a chunk at a time, through the factored decoder of `mobilesam.many_prompts`).
+    Attributes after `set_image`: `original_size` (H, W), `input_size` (h, w) of the resized image, `transform`.
 
     Args:
         sam_model: the model (any variant).
@@ -50,7 +81,7 @@ class SamPredictor:
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        image = array_to_rgb(np.asarray(image))
+        image = _image_array(image, "SamPredictor.set_image")
         if image_format != self.model.image_format:
             image = np.ascontiguousarray(image[..., ::-1])
         resized = self.transform.apply_image(image)
@@ -85,7 +116,7 @@ class SamPredictor:
         """
         sizes, batch = [], []
         for image in images:
-            image = array_to_rgb(np.asarray(image))
+            image = _image_array(image, "SamPredictor.embed_images")
             if self.model.image_format != "RGB":
                 image = np.ascontiguousarray(image[..., ::-1])
             resized = self.transform.apply_image(image)
@@ -178,17 +209,7 @@ class SamPredictor:
             BxCxHxW masks at the original size, BxC IoU predictions, BxCx(img_size/4)^2 low-resolution logits.
         """
         self._require_image()
-        points = None
-        if point_coords is not None:
-            check_point_shapes(point_coords, point_labels, batched=True)
-            check_finite(point_coords, "point_coords")
-            check_labels(point_labels, SAM_LABELS)
-            points = (point_coords, point_labels)
-        if boxes is not None:
-            if boxes.ndim != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f"boxes must be Bx4, got {tuple(boxes.shape)}")
-            check_finite(boxes, "boxes")
-            check_box_order(boxes)
+        points = _checked_batch(point_coords, point_labels, boxes)
         if mask_input is not None:
             want = self.model.prompt_encoder.mask_input_size
             if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != (1, *want):
@@ -202,6 +223,86 @@ class SamPredictor:
         threshold = None if return_logits else self.model.mask_threshold
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size, threshold=threshold)
         return masks, iou.float(), low_res
+
+    def predict_many(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        multimask_output: bool = False,
+        chunk: int = CHUNK,
+    ) -> tuple[Tensor, Tensor]:
+        """Boolean masks for B objects on the set image, in original-image pixels, decoded `chunk` objects at a time.
+
+        The masks of `predict_torch` (equal up to float rounding), through the factored decoder
+        (`mobilesam.many_prompts`): per-object image tokens exist for one chunk only, and each chunk's masks are
+        made bool before the next, so hundreds of objects take a fraction of one batch's time and memory.
+
+        Args:
+            point_coords: BxNx2 points (x, y) in original-image pixels; row i (N points) is object i.
+            point_labels: BxN labels (1 positive, 0 negative).
+            boxes: Bx4 XYXY boxes in original-image pixels; with points, box i is part of object i's prompt.
+            multimask_output: three masks per object instead of one.
+            chunk: objects decoded at once.
+
+        Returns:
+            BxMxHxW bool masks at the original size and BxM predicted IoUs (float32), both on the CPU (M = 3 or 1).
+        """
+        points, tboxes = self._many_prompts(point_coords, point_labels, boxes)
+        with self._autocast():
+            return predict_many(
+                self.model, self.features, points, tboxes, multimask_output, self.input_size, self.original_size, chunk
+            )
+
+    def predict_many_low_res(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        multimask_output: bool = True,
+        min_iou: float | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Low-resolution logits of B objects' masks, upscaled from the decoder's tokens only where the predicted IoU
+        exceeds `min_iou` (segment-everything filters most candidates before they exist).
+
+        Args:
+            point_coords, point_labels, boxes: as `predict_many` (original-image pixels).
+            multimask_output: masks 1-3 of each object instead of mask 0.
+            min_iou: keep the masks whose predicted IoU is above it; None keeps all.
+
+        Returns:
+            Kx(img_size/4)x(img_size/4) float32 logits of the kept masks in (object, mask) order, BxM float32
+            predicted IoUs and the BxM bool kept flags (K of them true); M = 3 or 1.
+        """
+        points, tboxes = self._many_prompts(point_coords, point_labels, boxes)
+        with self._autocast():
+            return predict_many_low_res(self.model, self.features, points, tboxes, multimask_output, min_iou)
+
+    def _many_prompts(
+        self, point_coords: np.ndarray | None, point_labels: np.ndarray | None, boxes: np.ndarray | None
+    ) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+        """Batched prompts in original-image pixels -> checked (points, labels) and boxes in the resized frame."""
+        self._require_image()
+        if point_coords is None and boxes is None:
+            raise ValueError("give point_coords with point_labels, or boxes: there is no prompt to decode")
+        coords = labels = tboxes = None
+        if point_coords is not None:
+            point_coords = np.asarray(point_coords, dtype=float)
+            check_point_shapes(point_coords, point_labels, batched=True)
+            check_inside(point_coords, self.original_size, "point")  # NaN passes here; _checked_batch refuses it
+            frame = self.transform.apply_coords(point_coords, self.original_size)
+            coords = torch.as_tensor(frame, dtype=torch.float, device=self.device)
+            labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int, device=self.device)
+        if boxes is not None:
+            boxes = np.asarray(boxes, dtype=float)
+            if boxes.ndim != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f"boxes must be Bx4 [x1, y1, x2, y2], got shape {boxes.shape}")
+            check_inside(boxes.reshape(-1, 2), self.original_size, "box corner")
+            frame = self.transform.apply_boxes(boxes, self.original_size)
+            tboxes = torch.as_tensor(frame, dtype=torch.float, device=self.device)
+        if coords is not None and tboxes is not None and len(coords) != len(tboxes):
+            raise PromptError(f"{len(coords)} point sets and {len(tboxes)} boxes were given: one of each per object")
+        return _checked_batch(coords, labels, tboxes), tboxes
 
     def get_image_embedding(self) -> Tensor:
         """The 1xCxHxW embedding of the image set with `set_image` (C = 256, H = W = img_size / 16)."""
@@ -219,3 +320,22 @@ class SamPredictor:
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+
+def _checked_batch(
+    point_coords: Tensor | None, point_labels: Tensor | None, boxes: Tensor | None
+) -> tuple[Tensor, Tensor] | None:
+    """Refuses batched prompts (BxNx2 points, BxN labels, Bx4 boxes) of the wrong shape, non-finite or with
+    unknown labels; returns the (points, labels) pair the prompt encoder takes, or None."""
+    points = None
+    if point_coords is not None:
+        check_point_shapes(point_coords, point_labels, batched=True)
+        check_finite(point_coords, "point_coords")
+        check_labels(point_labels, SAM_LABELS)
+        points = (point_coords, point_labels)
+    if boxes is not None:
+        if boxes.ndim != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"boxes must be Bx4, got {tuple(boxes.shape)}")
+        check_finite(boxes, "boxes")
+        check_box_order(boxes)
+    return points

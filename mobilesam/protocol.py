@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .mask_ops import upscale_unpadded
+from .mask_ops import mask_iou, upscale_unpadded
 
 PROMPT_TYPES = ("point", "two_points", "box")
 
@@ -108,15 +108,13 @@ def decode_all(
     validation, the teacher's side of stage 2) the decoder runs in the factored form for many prompts on one image
     (`mobilesam.many_prompts`, equal up to float rounding; 0.6x the time for 16 prompts at 1024 on CPU).
     """
-    from .many_prompts import decode_embedded
+    from .many_prompts import decode_low_res
     from .modeling.mask_decoder import MaskDecoder
 
     sparse, dense = prompt_encoder(points, boxes, None)
     # the factored form reads MaskDecoder's own layers (a stand-in decoder takes the plain call)
     if embedding.shape[0] == 1 and not torch.is_grad_enabled() and isinstance(mask_decoder, MaskDecoder):
-        iou, hyper, keys = decode_embedded(prompt_encoder, mask_decoder, embedding, sparse, dense)
-        h, w = prompt_encoder.image_embedding_size
-        return mask_decoder.upscale_and_project(keys.contiguous(), hyper, h, w), iou
+        return decode_low_res(prompt_encoder, mask_decoder, embedding, sparse, dense)
     return mask_decoder.predict_masks(embedding, prompt_encoder.get_dense_pe(), sparse, dense)
 
 
@@ -138,15 +136,6 @@ def decode(
 ) -> Tensor:
     """Mask logits for N prompt sets on one image: Nx(S/4)x(S/4); with `multimask` the best of three by IoU."""
     return select(*decode_all(prompt_encoder, mask_decoder, embedding, points, boxes), multimask)
-
-
-def mask_iou(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """IoU of boolean masks Nx...: (N IoUs, N flags where both are empty, whose IoU is defined as 1)."""
-    a, b = a.flatten(1), b.flatten(1)
-    inter = (a & b).sum(1).float()
-    union = (a | b).sum(1).float()
-    empty = union == 0
-    return torch.where(empty, torch.ones_like(union), inter / union.clamp_min(1)), empty
 
 
 @dataclass

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from ..io import array_to_rgb
-from ..many_prompts import decode_tokens, upscale
 from ..mask_ops import masks_to_boxes
 from ..modeling import Sam
 from ..predictor import SamPredictor
@@ -26,8 +25,6 @@ from . import regions
 from .mask_stats import LogitUpsampler
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-# Prompts per upscaling call: the upscaled features of one prompt are 8 MiB, and small chunks stay in cache
-UPSCALE_CHUNK = 4
 # Final masks upsampled per call
 FINAL_CHUNK = 64
 
@@ -259,25 +256,12 @@ class SamAutomaticMaskGenerator:
         found: _Candidates,
     ) -> None:
         """Decodes one batch of points and appends the masks that pass the IoU, stability and crop-edge filters."""
-        p, dev = self.predictor, self.model.device
-        coords = torch.as_tensor(p.transform.apply_coords(points, upsampler.original_size), dtype=torch.float)
-        coords = coords.to(dev)[:, None]
-        labels = torch.ones(len(points), 1, dtype=torch.int, device=dev)
-        with p._autocast():
-            iou, hyper, keys = decode_tokens(self.model, p.features, coords, labels)
-        iou = iou[:, 1:].float()  # the three multimask outputs
-
-        # Filter by predicted IoU, before the masks exist: upscale only prompts with a mask left
-        keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
-        prompts = keep.any(1).nonzero().flatten()
-        if len(prompts) == 0:
+        # The three multimask outputs of each point, filtered by predicted IoU before the masks are upscaled
+        min_iou = self.pred_iou_thresh if self.pred_iou_thresh > 0 else None
+        ones = np.ones((len(points), 1), dtype=np.int64)
+        logits, iou, keep = self.predictor.predict_many_low_res(points[:, None], ones, min_iou=min_iou)
+        if not keep.any():
             return
-        logits = []
-        with p._autocast():
-            for chunk in prompts.split(UPSCALE_CHUNK):
-                masks = upscale(self.model, keys[chunk], hyper[chunk, 1:]).float()
-                logits.append(masks[keep[chunk]])
-        logits = torch.cat(logits)
         iou = iou[keep]
         point_idx = keep.nonzero()[:, 0].cpu()
 

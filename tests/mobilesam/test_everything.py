@@ -183,9 +183,10 @@ def test_many_prompts_decoder_equals_mask_decoder(sam, points_per_prompt):
     labels = torch.randint(0, 2, (7, points_per_prompt), generator=g)
     with torch.no_grad():
         sparse, dense = model.prompt_encoder((coords, labels), None, None)
-        want_masks, want_iou = model.mask_decoder(p.features, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
-        masks, iou = decode(model, p.features, coords, labels)
-        all_iou = decode_tokens(model, p.features, coords, labels)[0]
+        emb = p.get_image_embedding()
+        want_masks, want_iou = model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
+        masks, iou = decode(model, emb, coords, labels)
+        all_iou = decode_tokens(model, emb, coords, labels)[0]
     assert rel_err(masks, want_masks) < 1e-4 and rel_err(iou, want_iou) < 1e-4
     assert rel_err(all_iou[:, 1:], want_iou) < 1e-4
 

@@ -138,8 +138,14 @@ def test_bf16_on_cuda_agrees_with_fp32(small_checkpoint, photo):
 
 
 def test_random_facade_builds_vit_t():
+    from mobilesam.modeling.tiny_vit import TinyViT
+
     m = SAM(None, device="cpu", img_size=256)
-    assert isinstance(m.model, type(build_sam("vit_t", img_size=256)))
+    assert isinstance(m.model.image_encoder, TinyViT) and m.model.image_encoder.img_size == 256
+    # vit_t's exact key set and shapes (vit_b, vit_l and vit_h have other encoder keys)
+    want = {k: tuple(v.shape) for k, v in build_sam("vit_t", img_size=256).state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in m.model.state_dict().items()} == want
+    assert want != {k: tuple(v.shape) for k, v in build_sam("vit_b", img_size=256).state_dict().items()}
 
 
 def test_extreme_aspect_ratio_keeps_one_pixel_row_everywhere(tmp_path):

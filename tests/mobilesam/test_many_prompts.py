@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mobilesam import SAM
-from mobilesam.many_prompts import predict_many
+from tests.helpers import rel_err
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +57,35 @@ def test_many_boxes_and_points_equal_the_one_batch_decoder(sam, photo, multimask
 def test_chunk_size_does_not_change_the_masks(sam, photo):
     p = sam.predictor
     p.set_image(photo)
-    tb = torch.as_tensor(p.transform.apply_boxes(_boxes(20), photo.shape[:2]), dtype=torch.float)
-    args = (sam.model, p.features, None, tb, True, p.input_size, p.original_size)
-    a, ia = predict_many(*args, chunk=32)
-    b, ib = predict_many(*args, chunk=3)
+    a, ia = p.predict_many(boxes=_boxes(20), multimask_output=True, chunk=32)
+    b, ib = p.predict_many(boxes=_boxes(20), multimask_output=True, chunk=3)
     assert a.shape == (20, 3, 150, 200) and (a == b).float().mean() > 0.9999 and torch.allclose(ia, ib, atol=1e-5)
+
+
+def test_low_res_masks_are_the_decoders_and_filtered_by_predicted_iou(sam, photo):
+    """`predict_many_low_res` (segment-everything's path): the one-batch decoder's low-resolution logits of the
+    masks whose predicted IoU passes, and only those."""
+    p = sam.predictor
+    p.set_image(photo)
+    pts = _boxes(9)[:, None, :2] + 3  # 9 objects of one point
+    labels = np.ones((9, 1), dtype=np.int64)
+    t = p.transform
+    _, want_iou, want_low = p.predict_torch(
+        torch.as_tensor(t.apply_coords(pts, photo.shape[:2]), dtype=torch.float),
+        torch.ones(9, 1, dtype=torch.int),
+        multimask_output=True,
+        return_logits=True,
+    )
+    cut = float(want_iou.median())
+    logits, iou, keep = p.predict_many_low_res(pts, labels, min_iou=cut)
+    assert iou.shape == keep.shape == (9, 3) and torch.allclose(iou, want_iou, atol=1e-4)
+    assert torch.equal(keep, iou > cut) and 0 < int(keep.sum()) < 27
+    low = tuple(want_low.shape[-2:])
+    assert logits.shape == (int(keep.sum()), *low) and rel_err(logits, want_low[keep]) < 1e-4
+    every, iou0, kept = p.predict_many_low_res(pts, labels, multimask_output=False)
+    assert kept.all() and every.shape == (9, *low) and iou0.shape == (9, 1)
+    nothing, _, none = p.predict_many_low_res(pts, labels, min_iou=float(want_iou.max()) + 1)
+    assert not none.any() and nothing.shape == (0, *low)
 
 
 def test_batched_images_equal_one_at_a_time(sam, photo):
@@ -79,7 +103,7 @@ def test_batched_images_equal_one_at_a_time(sam, photo):
     single = []
     for im in images:
         sam.predictor.set_image(im)
-        single.append(sam.predictor.features)
+        single.append(sam.predictor.get_image_embedding())
     for i in range(3):
         gap = min(float((single[i] - single[j]).abs().max()) for j in range(3) if j != i)
         assert float((batch[i] - single[i]).abs().max()) < 0.1 * gap and gap > 0

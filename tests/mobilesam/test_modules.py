@@ -72,3 +72,36 @@ def test_inference_core_imports_without_training_dependencies():
     out = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+@torch.no_grad()
+def test_every_way_to_run_the_two_way_transformer_gives_the_reference_decoder():
+    """The block and its loop are written once (`modeling.transformer`); the static padded path of the exported
+    decoders (batched-matmul kernel, padding tokens masked) and the factored many-prompt path supply only their
+    attention, and both give the reference decoder's numbers."""
+    from mobilesam.deploy.static_decoder import StaticDecoder
+    from mobilesam.many_prompts import decode_low_res
+    from tests.helpers import rel_err
+
+    sam = perturb_(build_sam("vit_t", img_size=256), seed=4).eval()
+    pe, dec = sam.prompt_encoder, sam.mask_decoder
+    emb = torch.randn(1, 256, 16, 16, generator=torch.Generator().manual_seed(0))
+    static = StaticDecoder(sam, max_points=6)
+    cases = [  # (points, labels, box): three points; a point and a box
+        (torch.tensor([[[30.0, 40.0], [200.0, 90.0], [120.0, 250.0]]]), torch.tensor([[1, 0, 1]]), None),
+        (torch.tensor([[[100.0, 60.0]]]), torch.tensor([[0]]), torch.tensor([[20.0, 30.0, 180.0, 150.0]])),
+    ]
+    for points, labels, box in cases:
+        sparse, dense = pe((points, labels), box, None)
+        want, want_iou = dec.predict_masks(emb, pe.get_dense_pe(), sparse, dense)
+        # the factored path on a batch of two identical prompt sets (shared, then per-prompt image tokens)
+        got, iou = decode_low_res(pe, dec, emb, sparse.expand(2, -1, -1), dense.expand(2, -1, -1, -1))
+        assert rel_err(got, want.expand(2, -1, -1, -1)) < 1e-5 and rel_err(iou, want_iou.expand(2, -1)) < 1e-5
+        # the static path: the prompt in 6 slots, the rest padding (label -1); a box is two corners labelled 2, 3
+        coords, slots = torch.zeros(1, 6, 2), torch.full((1, 6), -1.0)
+        n = points.shape[1]
+        coords[:, :n], slots[:, :n] = points, labels.float()
+        if box is not None:
+            coords[0, n : n + 2], slots[0, n : n + 2] = box.view(2, 2), torch.tensor([2.0, 3.0])
+        got, iou = static(emb, coords, slots)
+        assert rel_err(got, want) < 1e-5 and rel_err(iou, want_iou) < 1e-5

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mobilesam import SamPredictor
+from mobilesam import SamPredictor, build_sam, load_image
+from mobilesam.io import ImageReadError
 from mobilesam.prompts import PromptError
 from tests.helpers import rel_err
 
@@ -131,3 +132,57 @@ def test_low_level_predictor_refuses_nonsense_with_the_facades_messages():
     # SAM's own labels (-1 padding, 2 / 3 box corners) stay allowed at this level
     masks, _, _ = predictor.predict(np.array([[5.0, 5.0], [0.0, 0.0]]), np.array([1, -1]))
     assert masks.shape[-2:] == (60, 80)
+
+
+def test_set_image_refuses_a_path_and_says_how_to_read_it(tmp_path):
+    from PIL import Image
+
+    predictor = SamPredictor(build_sam("vit_t", img_size=256))
+    with pytest.raises(ImageReadError, match=r"HxWx3 uint8 RGB array, not the path 'photo.jpg'.*load_image\('photo"):
+        predictor.set_image("photo.jpg")
+    with pytest.raises(ImageReadError, match=r"not the path .*photo.png"):
+        predictor.embed_images([tmp_path / "photo.png"])
+    with pytest.raises(ImageReadError, match=r"HxWx3 uint8 RGB array, got a NoneType.*load_image\(path\)"):
+        predictor.set_image(None)
+    # what the message says works
+    Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(tmp_path / "photo.png")
+    predictor.set_image(load_image(tmp_path / "photo.png"))
+    assert predictor.original_size == (60, 80) and predictor.input_size == (192, 256)
+
+
+def test_predict_many_gives_predict_torchs_masks_from_original_pixels():
+    predictor = SamPredictor(build_sam("vit_t", img_size=256))
+    image = np.random.default_rng(2).integers(0, 60, (60, 80, 3), dtype=np.uint8)
+    image[10:40, 20:60] = [220, 180, 30]
+    predictor.set_image(image)
+    boxes = np.array([[5.0, 5.0, 40.0, 30.0], [10.0, 20.0, 70.0, 55.0], [0.0, 0.0, 80.0, 60.0]])
+    pts = np.array([[[20.0, 15.0], [30.0, 25.0]], [[40.0, 40.0], [5.0, 5.0]], [[60.0, 10.0], [70.0, 50.0]]])
+    labels = np.array([[1, 0], [1, 1], [1, 0]])
+    masks, iou = predictor.predict_many(pts, labels, boxes, multimask_output=True, chunk=2)
+    t = predictor.transform
+    want, want_iou, _ = predictor.predict_torch(
+        torch.as_tensor(t.apply_coords(pts, (60, 80)), dtype=torch.float),
+        torch.as_tensor(labels, dtype=torch.int),
+        torch.as_tensor(t.apply_boxes(boxes, (60, 80)), dtype=torch.float),
+        multimask_output=True,
+    )
+    assert masks.shape == (3, 3, 60, 80) and masks.dtype == torch.bool and iou.shape == (3, 3)
+    assert (masks == want).float().mean() > 0.999 and torch.allclose(iou, want_iou, atol=1e-4)
+    one, one_iou = predictor.predict_many(boxes=boxes[:1])
+    assert one.shape == (1, 1, 60, 80) and torch.allclose(
+        one_iou,
+        predictor.predict_torch(
+            None, None, torch.as_tensor(t.apply_boxes(boxes[:1], (60, 80)), dtype=torch.float), multimask_output=False
+        )[1],
+        atol=1e-4,
+    )
+    with pytest.raises(PromptError, match="outside the 80x60"):
+        predictor.predict_many(boxes=np.array([[0.0, 0.0, 90.0, 10.0]]))
+    with pytest.raises(PromptError, match="3 point sets and 2 boxes"):
+        predictor.predict_many(pts, labels, boxes[:2])
+    with pytest.raises(PromptError, match=r"\(3, 2, 2\) but point_labels has shape \(3,\)"):
+        predictor.predict_many(pts, labels[:, 0])
+    with pytest.raises(ValueError, match="no prompt"):
+        predictor.predict_many()
+    with pytest.raises(RuntimeError, match="set_image"):
+        SamPredictor(predictor.model).predict_many(boxes=boxes)
