@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 # Before gradio is imported: no usage statistics, no version check, nothing sent anywhere
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# gradio's files (uploads, the pictures sent to the page) go into a temporary folder of this process that is removed
+# at exit (set before gradio is imported: some of its modules read it then); a GRADIO_TEMP_DIR of the user's is kept
+if not os.environ.get("GRADIO_TEMP_DIR"):
+    _GRADIO_TMP = tempfile.TemporaryDirectory(prefix="mobilesam_demo_gradio_")
+    os.environ["GRADIO_TEMP_DIR"] = _GRADIO_TMP.name
 
 try:
     import gradio as gr
@@ -34,14 +41,25 @@ Upload an image or pick an example, then click on it: **positive** points add to
 take away, a **box** is two clicks (opposite corners). The image is embedded once; each click runs only the prompt
 encoder and mask decoder. Images up to {MAX_SIDE} pixels on the long side and {MAX_FILE_MB} MB."""
 
+# Events waiting in the server's queue (all sessions together); a burst beyond it is refused by gradio with a notice
+QUEUE_SIZE = 64
+
 
 def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
-    """The page for one backend; downloads go to `out_dir` (default: a fresh temporary folder).
+    """The page for one backend; downloads go to `out_dir` (default: a temporary folder the app owns, removed by
+    `app.close()` and at exit).
 
-    Every event goes through `DemoSession` and `guarded`: bad input becomes a message in the page.
+    Every event goes through `DemoSession` and `guarded`: bad input becomes a message in the page, and a session's
+    events run one at a time in the order they came. A new page shows the first example before any click.
     """
-    out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="mobilesam_demo_"))
+    owned = None
+    if out_dir is None:
+        owned = tempfile.TemporaryDirectory(prefix="mobilesam_demo_")  # its finalizer removes it at exit too
+        out_dir = owned.name
+    out_dir = Path(out_dir)
     session = DemoSession(backend, out_dir)
+    first = next(iter(EXAMPLES))
+    first_image, first_name = example(first), f"example '{first}'"
 
     def outputs(state: SessionState) -> tuple[Any, ...]:
         picture = session.render(state)
@@ -70,7 +88,7 @@ def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
         return session.load_file(state, path)
 
     def on_example(state: SessionState, name: str) -> SessionState:
-        return session.load(state, example(name), f"example '{name}'")
+        return session.load(state, example(name), f"example '{name}'", shared=True)
 
     def on_click(state: SessionState, mode: str, evt: gr.SelectData) -> SessionState:
         x, y = evt.index
@@ -79,8 +97,11 @@ def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
     def on_choose(state: SessionState, evt: gr.SelectData) -> SessionState:
         return session.choose(state, int(evt.index))
 
-    with gr.Blocks(title="MobileSAM demo", analytics_enabled=False) as app:
-        state = gr.State(None, time_to_live=3600)  # an idle session's image and masks go after an hour
+    # gradio's files (uploads, pictures sent) older than a session's life go, and all of them when the server stops
+    with gr.Blocks(title="MobileSAM demo", analytics_enabled=False, delete_cache=(600, 3600)) as app:
+        # each session starts on the first example (a callable: called per session, so each gets its own gate);
+        # an idle session's image and masks go after an hour
+        state = gr.State(lambda: session.start(first_image, first_name), time_to_live=3600)
         gr.Markdown(INTRO)
         if backend.random_weights:
             gr.Markdown(
@@ -89,9 +110,17 @@ def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
                 "`mobilesam demo --checkpoint mobile_sam.pt`.",
                 elem_id="random-weights",
             )
+        elif backend.toy:
+            gr.Markdown(
+                f"⚠️ **Toy model**: {backend.toy}. For real masks, start the demo with "
+                "`mobilesam demo --checkpoint mobile_sam.pt` (the official weights, or a real training run's).",
+                elem_id="toy-model",
+            )
         with gr.Row():
             with gr.Column(scale=3):
+                first_state = session.start(first_image, first_name)
                 image = gr.Image(
+                    session.render(first_state),
                     label="image: click to segment",
                     type="pil",
                     format="png",
@@ -102,7 +131,7 @@ def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
                 with gr.Row():
                     png = gr.DownloadButton("Mask PNG", interactive=False, elem_id="download-png")
                     js = gr.DownloadButton("Masks COCO RLE JSON", interactive=False, elem_id="download-json")
-                status = gr.Markdown(session.status(SessionState()), elem_id="status")
+                status = gr.Markdown(session.status(first_state), elem_id="status")
             with gr.Column(scale=2):
                 upload = gr.UploadButton("Upload an image", file_types=["image"], elem_id="upload")
                 with gr.Row():
@@ -132,16 +161,26 @@ def build_app(backend: Backend, out_dir: str | Path | None = None) -> gr.Blocks:
                 )
 
         out = [state, image, status, candidates, png, js]
-        upload.upload(handler(on_upload), [state, upload], out)
-        load.click(handler(on_example), [state, pick], out)
-        image.select(handler(on_click), [state, mode], out)
-        undo.click(handler(session.undo), [state], out)
-        clear.click(handler(session.clear), [state], out)
-        multimask.change(handler(session.set_multimask), [state, multimask], out)
-        everything.click(handler(session.everything), [state, per_side, iou_thresh, stability_thresh], out)
-        candidates.select(handler(on_choose), [state], out)
+        # one queue for every event of every session (served in arrival order, one at a time: the model runs one
+        # at a time anyway); every click is queued (gradio's default drops clicks made while one is pending)
+        one = {"concurrency_id": "demo"}
+        many = {"concurrency_id": "demo", "trigger_mode": "multiple"}
+        upload.upload(handler(on_upload), [state, upload], out, **one)
+        load.click(handler(on_example), [state, pick], out, **one)
+        image.select(handler(on_click), [state, mode], out, **many)
+        undo.click(handler(session.undo), [state], out, **many)
+        clear.click(handler(session.clear), [state], out, **many)
+        multimask.change(handler(session.set_multimask), [state, multimask], out, **one)
+        everything.click(handler(session.everything), [state, per_side, iou_thresh, stability_thresh], out, **one)
+        candidates.select(handler(on_choose), [state], out, **one)
     app.demo_out_dir = out_dir
+    app.demo_owned = [owned] if owned is not None else []  # temporary folders that go with the app
     return app
+
+
+def _remove_owned(app: gr.Blocks) -> None:
+    for folder in getattr(app, "demo_owned", []):
+        folder.cleanup()
 
 
 def serve(
@@ -149,23 +188,59 @@ def serve(
 ) -> gr.Blocks:
     """Builds the page and serves it on host:port (no share link, no analytics, no server-side rendering).
 
-    With `block=False` the server runs in a background thread and the app is returned (`app.close()` stops it).
+    The demo's files go when the server stops (Ctrl-C, SIGTERM or SIGHUP with `block=True`; `app.close()` with
+    `block=False`, when the server runs in a background thread): the downloads' temporary folder (unless `out_dir`
+    is given) and gradio's files (its uploads and pictures; its folder, unless GRADIO_TEMP_DIR was set, at exit).
+    Events are served one at a time in arrival order (one queue, `concurrency_id` "demo"), at most `QUEUE_SIZE`
+    waiting.
     """
     app = build_app(backend, out_dir)
-    app.queue(default_concurrency_limit=2)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        inbrowser=False,
-        prevent_thread_lock=not block,
-        max_file_size=f"{MAX_FILE_MB}mb",
-        allowed_paths=[str(app.demo_out_dir)],
-        ssr_mode=False,
-        quiet=not block,
-        footer_links=[],
-        mcp_server=False,
-        enable_monitoring=False,
-        pwa=False,
-    )
+    close = app.close
+
+    def close_and_clean(*args: Any, **kwargs: Any) -> None:
+        try:
+            close(*args, **kwargs)
+        finally:
+            _remove_owned(app)
+
+    app.close = close_and_clean
+    app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    handlers = _stop_on_signals() if block else {}
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            prevent_thread_lock=not block,
+            max_file_size=f"{MAX_FILE_MB}mb",
+            allowed_paths=[str(app.demo_out_dir)],
+            ssr_mode=False,
+            quiet=not block,
+            footer_links=[],
+            mcp_server=False,
+            enable_monitoring=False,
+            pwa=False,
+        )
+    except BaseException:  # it did not start
+        _remove_owned(app)
+        raise
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+    if block:  # the server has stopped: Ctrl-C or a signal
+        _remove_owned(app)
     return app
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """SIGTERM and SIGHUP stop a blocking server as Ctrl-C does (gradio then closes it and `serve` cleans up);
+    returns the handlers replaced. Only the main thread may set them."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    sigs = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    return {sig: signal.signal(sig, interrupt) for sig in sigs}

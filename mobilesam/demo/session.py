@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from mobilesam.io import load_image
-from mobilesam.viz import overlay
 
 from .base import Backend, Decoded, image_key
+from .drawing import blend, picture
 from .files import write_downloads
+from .gate import SessionGate
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,8 @@ MAX_SIDE = 4096
 MAX_FILE_MB = 50
 MODES = ("positive point", "negative point", "box (two clicks)")
 MIN_POINTS_PER_SIDE, MAX_POINTS_PER_SIDE = 4, 64
-
-
-# The prompted mask's colour (segment-anything's notebooks' blue), and its opacity
-MASK_COLOUR, MASK_ALPHA = np.array([30, 144, 255], np.float32), 0.6
+# Points per object, and clicks kept for undo: what one session holds stays bounded, however fast it clicks
+MAX_POINTS, MAX_HISTORY = 64, 100
 
 
 class DemoError(ValueError):
@@ -58,7 +57,8 @@ class Prompts:
 
 @dataclass
 class SessionState:
-    """What one browser session holds (the image embedding itself lives in the backend's cache)."""
+    """What one browser session holds (the image embedding itself lives in the backend's cache, keyed for this
+    session; `gate` orders the session's events and names it)."""
 
     image: np.ndarray | None = None
     key: str | None = None
@@ -73,34 +73,7 @@ class SessionState:
     embed_cached: bool = False
     message: str = ""
     downloads: tuple[Path, Path] | None = None
-
-
-def blend(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 image with an HxW bool mask blended in `MASK_COLOUR`."""
-    out = image.astype(np.float32)
-    out[mask] = out[mask] * (1 - MASK_ALPHA) + MASK_COLOUR * MASK_ALPHA
-    return out.round().astype(np.uint8)
-
-
-def picture(image: np.ndarray, masks: np.ndarray, prompts: Prompts, everything: bool) -> Image.Image:
-    """What the page shows: the prompted mask in blue with its points (green positive, red negative), box and
-    pending box corner (white); after segment-everything every mask in its own colour (`mobilesam.viz.overlay`)."""
-    if everything:
-        return overlay(image, masks)
-    base = blend(image, masks[0]) if len(masks) else image
-    p = prompts
-    points = np.asarray(p.points).reshape(-1, 2) if p.points else None
-    canvas = overlay(base, [], points=points, labels=np.asarray(p.labels) if p.points else None)
-    draw = ImageDraw.Draw(canvas)
-    width = max(2, round(max(image.shape[:2]) / 300))
-    if p.box is not None:
-        draw.rectangle(p.box, outline=(255, 255, 255), width=width)
-    if p.corner is not None:
-        x, y = p.corner
-        r = 4 * width
-        draw.line([x - r, y, x + r, y], fill=(255, 255, 255), width=width)
-        draw.line([x, y - r, x, y + r], fill=(255, 255, 255), width=width)
-    return canvas
+    gate: SessionGate = field(default_factory=SessionGate, compare=False, repr=False)
 
 
 def _ms(seconds: float) -> str:
@@ -120,19 +93,31 @@ class DemoSession:
         self.out_dir = Path(out_dir)
 
     # Images
-    def load(self, state: SessionState, image: np.ndarray, name: str = "image") -> SessionState:
-        """Sets a new image (HxWx3 uint8 RGB): embeds it once (or finds it cached) and clears the prompts."""
+    def start(self, image: np.ndarray, name: str) -> SessionState:
+        """A new session's first state: `image` shown before the first click, embedded at that click (opening the
+        page costs no encoder run)."""
+        h, w = image.shape[:2]
+        state = SessionState(image=image, key=image_key(image), name=name)
+        state.message = f"This is {name} ({w}x{h}): click on it to segment an object, or upload your own image."
+        return state
+
+    def load(self, state: SessionState, image: np.ndarray, name: str = "image", shared: bool = False) -> SessionState:
+        """Sets a new image (HxWx3 uint8 RGB): embeds it once (or finds it cached) and clears the prompts.
+
+        The embedding is cached under a key of this session (`state.gate.sid`) unless `shared` (the example
+        images): no session learns whether another one has embedded an image.
+        """
         h, w = image.shape[:2]
         if max(h, w) > MAX_SIDE:
             raise DemoError(
                 f"the image {name} is {w}x{h} pixels; the demo takes at most {MAX_SIDE} pixels on the long side: "
                 "resize it and upload it again"
             )
-        key = image_key(image)
+        key = image_key(image) if shared else f"{state.gate.sid}:{image_key(image)}"
         start = time.perf_counter()
         cached = self.backend.embed(image, key)
         self._drop_files(state)
-        state = SessionState(image=image, key=key, name=name, multimask=state.multimask)
+        state = SessionState(image=image, key=key, name=name, multimask=state.multimask, gate=state.gate)
         state.timings["embed"] = time.perf_counter() - start
         state.embed_cached = cached
         state.message = f"Loaded {name} ({w}x{h}). Click on the image to segment an object."
@@ -172,10 +157,12 @@ class DemoSession:
             raise DemoError(f"the click ({x:.0f}, {y:.0f}) lies outside the {w}x{h} image; click on the image")
         if mode not in MODES:
             raise DemoError(f"unknown click mode {mode!r}; choose one of {', '.join(MODES)}")
+        p = state.prompts
+        if mode != MODES[2] and len(p.points) >= MAX_POINTS:
+            raise DemoError(f"an object takes at most {MAX_POINTS} points: undo or clear, then click again")
         if state.everything:  # prompting starts afresh after segment-everything
             state.everything, state.result = False, None
-        state.history.append(copy.deepcopy(state.prompts))
-        p = state.prompts
+        state.history = [*state.history[-(MAX_HISTORY - 1) :], copy.deepcopy(p)]  # undo reaches MAX_HISTORY back
         if mode == MODES[2]:
             if p.corner is None:
                 p.corner = [float(x), float(y)]
@@ -231,18 +218,28 @@ class DemoSession:
             return state
         start = time.perf_counter()
         state.result = self.backend.decode(
+            state.image,
             state.key,
             np.asarray(p.points, dtype=np.float64).reshape(-1, 2),
             np.asarray(p.labels, dtype=np.int64),
             None if p.box is None else np.asarray(p.box, dtype=np.float64),
             state.multimask,
         )
-        state.timings["decode"] = time.perf_counter() - start
+        embedded = self._embedded(state, state.result.embed_seconds)
+        state.timings["decode"] = time.perf_counter() - start - (state.result.embed_seconds or 0.0)
         state.chosen = int(np.argmax(state.result.scores))  # SAM's habit: the candidate of highest predicted IoU
         state.downloads = self._write(state)
         area = int(state.result.masks[state.chosen].sum())
-        state.message = f"Mask of {area} px (predicted IoU {state.result.scores[state.chosen]:.3f})."
+        state.message = f"Mask of {area} px (predicted IoU {state.result.scores[state.chosen]:.3f}).{embedded}"
         return state
+
+    def _embedded(self, state: SessionState, seconds: float | None) -> str:
+        """Records an encoder run made inside a decode (first click, or the embedding had left the cache)."""
+        if seconds is None:
+            return ""
+        again = "embed" in state.timings
+        state.timings["embed"], state.embed_cached = seconds, False
+        return " The image was embedded again (its embedding had left the cache)." if again else ""
 
     def everything(
         self,
@@ -269,7 +266,8 @@ class DemoSession:
                 f"{stability_score_thresh}"
             )
         result = self.backend.everything(image, state.key, n, float(pred_iou_thresh), float(stability_score_thresh))
-        state.timings["everything"] = time.perf_counter() - start
+        self._embedded(state, result.embed_seconds)
+        state.timings["everything"] = time.perf_counter() - start - (result.embed_seconds or 0.0)
         order = np.argsort([-int(m.sum()) for m in result.masks], kind="stable")  # large first: small stay visible
         state.result = Decoded(result.masks[order], result.scores[order])
         state.prompts, state.history, state.everything = Prompts(), [], True
@@ -320,7 +318,8 @@ class DemoSession:
             h, w = state.image.shape[:2]
             t = state.timings
             how = "found in the cache" if state.embed_cached else "computed once, then cached"
-            steps = [f"image {w}x{h}", f"image encoder {_ms(t['embed'])} ({how})"]
+            encoder = f"image encoder {_ms(t['embed'])} ({how})" if "embed" in t else "image encoder at the first click"
+            steps = [f"image {w}x{h}", encoder]
             if "decode" in t:
                 steps.append(f"decoder {_ms(t['decode'])} per click")
             if "everything" in t:
@@ -356,7 +355,8 @@ class DemoSession:
 
 
 def guarded(fn: Callable[..., SessionState]) -> Callable[..., SessionState]:
-    """Wraps a handler so that `DemoError` and any other exception become the state's message, never a trace.
+    """Wraps a handler: one event at a time per session, in arrival order (`SessionGate`), and `DemoError` or any
+    other exception becomes the state's message, never a trace.
 
     The first argument of `fn` must be the `SessionState`; unexpected exceptions are logged with their traceback
     on the server's console.
@@ -364,13 +364,14 @@ def guarded(fn: Callable[..., SessionState]) -> Callable[..., SessionState]:
 
     @functools.wraps(fn)
     def run(state: SessionState, *args: Any) -> SessionState:
-        try:
-            return fn(state, *args)
-        except DemoError as e:
-            state.message = f"⚠️ {e}"
-        except Exception as e:  # noqa: BLE001 (the page must show a message, whatever went wrong)
-            log.exception("demo handler %s failed", getattr(fn, "__name__", fn))
-            state.message = f"⚠️ Something went wrong: {type(e).__name__}: {e}"
-        return state
+        with state.gate:
+            try:
+                return fn(state, *args)
+            except DemoError as e:
+                state.message = f"⚠️ {e}"
+            except Exception as e:  # noqa: BLE001 (the page must show a message, whatever went wrong)
+                log.exception("demo handler %s failed", getattr(fn, "__name__", fn))
+                state.message = f"⚠️ Something went wrong: {type(e).__name__}: {e}"
+            return state
 
     return run
