@@ -17,8 +17,11 @@ from mobilesam import build_sam
 from mobilesam.checkpoint import load_state_dict
 from mobilesam.protocol import PROMPT_TYPES, Decoder, build_prompts, image_ious
 from mobilesam.transforms import normalize
+from mobilesam.variants import check_variant
 
+from .callbacks import resume_advice
 from .init import init_student
+from .losses import check_embedding_loss, embedding_cells, embedding_cosine
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +40,7 @@ def embedding_mse(student: Tensor, teacher: Tensor, sizes: Tensor | None, img_si
     diff = (student.float() - teacher.float()).pow_(2)
     if sizes is None:
         return diff.mean()
-    e = student.shape[-1]
-    cells = torch.ceil(sizes.float() * e / img_size).long()
-    ar = torch.arange(e, device=student.device)
-    valid = (ar[None, :, None] < cells[:, 0, None, None]) & (ar[None, None, :] < cells[:, 1, None, None])
-    valid = valid[:, None].float()
+    valid = embedding_cells(sizes, student.shape[-1], img_size)
     return (diff * valid).sum() / (valid.sum() * student.shape[1]).clamp_min(1)
 
 
@@ -52,12 +51,16 @@ class SamModule(L.LightningModule):
 
     Args:
         img_size: input side in pixels (1024 for the paper's recipe).
+        student: the image encoder to train, a name of `mobilesam.variants.STUDENTS` (`model/student=`).
         init: student initialisation, see `train.init.init_student`.
         teacher: {"variant", "checkpoint", "precision"}: the checkpoint's prompt encoder and mask decoder join
             the student (and go into the exported `mobile_sam.pt`).
         decoder_from: "teacher" or "init" (a fine-tune keeps the decoder of the model it starts from).
         optimizer: Hydra config of the optimizer (`_target_`, lr, ...), instantiated with the parameter groups.
         scheduler: Hydra config of a schedule factory called with (optimizer, total_steps), or None.
+        loss: stage 1's embedding loss (`distill_loss`): "mse" (MobileSAM) or "mse_cosine" (MSE + cosine_weight x
+            (1 - cosine) per cell, EfficientSAM3). Validation's `val/mse` is the MSE either way.
+        cosine_weight: the cosine term's weight with loss="mse_cosine".
         mask_padding: exclude the padded region from the loss.
         compile: `torch.compile` the student (in place: the state-dict keys do not change).
         val_mask_iou: compute the mask-agreement mIoU in validation (needs masks in the validation batches).
@@ -69,11 +72,14 @@ class SamModule(L.LightningModule):
     def __init__(
         self,
         img_size: int = 1024,
+        student: str = "tiny_vit_5m",
         init: str | None = None,
         teacher: dict | None = None,
         decoder_from: str = "teacher",
         optimizer: dict | None = None,
         scheduler: dict | None = None,
+        loss: str = "mse",
+        cosine_weight: float = 1.0,
         mask_padding: bool = False,
         compile: bool = False,
         val_mask_iou: bool = True,
@@ -90,19 +96,22 @@ class SamModule(L.LightningModule):
         self.save_hyperparameters(
             {
                 "img_size": img_size,
-                "variant": "vit_t",
+                "variant": check_variant(student, "model.student"),
+                "student": student,
                 "init": init,
                 "teacher": teacher,
                 "decoder_from": decoder_from,
                 "optimizer": optimizer,
                 "scheduler": scheduler,
+                "loss": check_embedding_loss(loss),
+                "cosine_weight": float(cosine_weight),
                 "mask_padding": mask_padding,
                 "compile": compile,
                 "val_mask_iou": val_mask_iou,
                 "bn_train": bn_train,
             }
         )
-        self.sam = build_sam("vit_t", img_size=img_size)
+        self.sam = build_sam(student, img_size=img_size)
         init_student(self.sam, init)
         self._load_decoder(teacher.get("checkpoint"), init, decoder_from)
         self.configure_trainable()
@@ -135,6 +144,14 @@ class SamModule(L.LightningModule):
         missing = [k for k in missing if k.startswith(DECODER_PREFIXES)]
         if missing or unexpected:
             raise RuntimeError(f"{source} lacks decoder weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def on_fit_start(self) -> None:
+        """Refuses shards another teacher made than `teacher` says (their manifest records it)."""
+        manifest = getattr(getattr(self.trainer, "datamodule", None), "manifest", None)
+        if isinstance(manifest, dict) and self.hparams.teacher:
+            from data.manifest import check_teacher
+
+            check_teacher(manifest, self.hparams.teacher, getattr(self.trainer.datamodule, "root", "the shards"))
 
     def configure_trainable(self) -> None:
         """Only the student encoder trains; the unused ImageNet head is frozen (no DDP unused-parameter hunt)."""
@@ -182,6 +199,15 @@ class SamModule(L.LightningModule):
         sizes = batch["size"] if self.hparams.mask_padding else None
         return embedding_mse(student, batch["embedding"], sizes, self.hparams.img_size)
 
+    def distill_loss(self, student: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Stage 1's loss as `loss` says: {"loss"}, with its "loss_mse" and "loss_cosine" parts for mse_cosine."""
+        mse = self.embedding_loss(student, batch)
+        if self.hparams.get("loss", "mse") == "mse":
+            return {"loss": mse}
+        sizes = batch["size"] if self.hparams.mask_padding else None
+        cosine = embedding_cosine(student, batch["embedding"], sizes, self.hparams.img_size)
+        return {"loss": mse + self.hparams.cosine_weight * cosine, "loss_mse": mse, "loss_cosine": cosine}
+
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """The step's loss ("loss") and what else is logged as train/<name>."""
         raise NotImplementedError(f"{type(self).__name__} must define losses(batch)")
@@ -202,9 +228,8 @@ class SamModule(L.LightningModule):
         if bad.item() > 0:
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {self.global_step} (batch keys {batch.get('key', [])[:4]}...). "
-                "Nothing from this step was saved; the last good checkpoint is checkpoints/last.ckpt. Lower "
-                "model.optimizer.lr, raise trainer.gradient_clip_val, or check these samples with "
-                "scripts/verify_shards.py, then resume with ckpt_path=last."
+                "Nothing from this step was saved. Lower model.optimizer.lr, raise trainer.gradient_clip_val, or "
+                f"check these samples with scripts/verify_shards.py; then {resume_advice(self.trainer)}."
             )
 
     # ------------------------------------------------------------------------------------------ validation

@@ -1,4 +1,5 @@
-"""Callbacks: export `mobile_sam.pt` + sidecar at the end of training, and pictures of student vs teacher masks."""
+"""Callbacks: export `mobile_sam.pt` + sidecar at the end of training, pictures of student vs teacher masks, and what
+a stopped run leaves to resume from."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 import mobilesam
 from mobilesam import build_sam
-from mobilesam.checkpoint import save_state_dict
+from mobilesam.checkpoint import save_state_dict, student_meta, weights_name
 from mobilesam.files import sha256_file
 from mobilesam.viz import overlay
 
@@ -39,6 +40,21 @@ def _data_record(trainer: L.Trainer) -> dict[str, Any]:
                 record["samples"] = manifest[key]
                 break
     return record
+
+
+def resume_advice(trainer: L.Trainer) -> str:
+    """What a run stopped now can resume from, in words: the newest `last.ckpt` (else the newest checkpoint) its
+    checkpoint callbacks have written, or that nothing was saved (no callback had written one yet)."""
+    folders = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+    found = [p for d in folders if d.is_dir() for p in d.glob("*.ckpt") if p.is_file()]
+    if not found:
+        return (
+            "start the run again: it stopped before its first checkpoint, so nothing was saved and there is no last "
+            "good checkpoint to resume from"
+        )
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    last = max((p for p in found if p.name == "last.ckpt"), key=lambda p: p.stat().st_mtime, default=newest)
+    return f"resume from the last good checkpoint, {last} (ckpt_path={last})"
 
 
 class ExportMobileSam(L.Callback):
@@ -78,7 +94,7 @@ def export_module(pl_module: Any, path: Path, trainer: L.Trainer | None = None, 
         teacher["sha256"] = sha256_file(ckpt)
     meta = {
         "img_size": int(hp["img_size"]),
-        "variant": "vit_t",
+        **student_meta(hp.get("variant", "vit_t")),  # vit_t: mobile_sam.pt; another student: <student>.pt
         "teacher": teacher,
         "init": hp.get("init"),
         "data": _data_record(trainer) if trainer is not None else {},
@@ -88,8 +104,10 @@ def export_module(pl_module: Any, path: Path, trainer: L.Trainer | None = None, 
         "mobilesam_version": mobilesam.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if meta["variant"] != "vit_t":  # not a MobileSAM: its own file name, beside its sidecar (DESIGN.md)
+        path = path.with_name(weights_name(meta["variant"]))
     save_state_dict(state, path, meta=meta)
-    reloaded = build_sam("vit_t", path).state_dict()
+    reloaded = build_sam(meta["variant"], path).state_dict()
     bad = [k for k, v in state.items() if not torch.equal(reloaded[k], v)]
     if bad or len(reloaded) != len(state):
         raise RuntimeError(f"{path} did not reload identically: {bad[:5]}")

@@ -115,7 +115,7 @@ def test_every_experiment_composes_and_instantiates(experiment, teacher_file, tm
 def test_default_config_is_the_demo():
     cfg = compose_train(["paths.root_dir=/x", "paths.data_dir=/x", "paths.output_dir=/x"])
     assert cfg.demo.enabled and cfg.trainer.accelerator == "cpu" and cfg.img_size == 256
-    assert cfg.teacher.checkpoint.endswith("teacher_sam_vit_b.pth")
+    assert cfg.teacher.checkpoint.endswith("teacher_sam_vit_b_256.pth")  # cached by variant and img_size
     # experiments are appended with +experiment=NAME: the primary defaults list must not name the group
     primary = OmegaConf.load(Path(CONFIGS) / "train.yaml").defaults
     groups = [next(iter(d)) if isinstance(d, dict) or OmegaConf.is_dict(d) else str(d) for d in primary]
