@@ -88,6 +88,7 @@ def test_predictor_snippet(repo_root: Path) -> None:
     assert ns["image"].shape == (*EXAMPLE_HW, 3) and ns["image"].dtype == np.uint8
     assert ns["masks"].shape == (3, *EXAMPLE_HW) and ns["masks"].dtype == bool
     assert ns["scores"].shape == (3,) and ns["low_res"].shape == (3, 64, 64)  # img_size / 4
+    assert ns["many"].shape == (2, 1, *EXAMPLE_HW) and ns["many"].dtype == torch.bool and ns["ious"].shape == (2, 1)
 
 
 @pytest.mark.slow  # segment everything on the default 32 x 32 grid
