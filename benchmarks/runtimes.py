@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from benchmarks import timing
+from mobilesam.deploy.formats import FORMATS
 
-RUNTIME_NAMES = {"onnx": "ONNX Runtime", "executorch": "ExecuTorch", "openvino": "OpenVINO", "tflite": "LiteRT"}
-RUNTIME_NAMES["coreml"] = "Core ML"
+RUNTIME_NAMES = {name: f.runtime for name, f in FORMATS.items()}  # the format table's (LiteRT is `litert`)
 TORCH = "PyTorch (eager) fp32"
 
 
@@ -234,7 +234,8 @@ def main(argv: list[str]) -> int:
         decoders[k] = lambda prompt, p=p, e=embeddings[k]: p.decode(e, multimask_output=True, **prompt).masks
     dec = timing.interleave(decoders, args.prompts, warmup, inputs=lambda r: (prompts[r + warmup],), on_round=compare)
 
-    table = [[TORCH.rsplit(" ", 1)[0], "fp32", "", "", enc.cell(TORCH), dec.cell(TORCH), "", ""]]
+    base = [f"{enc.cell(TORCH)} (x1.00)", f"{dec.cell(TORCH)} (x1.00)"]
+    table = [[TORCH.rsplit(" ", 1)[0], "fp32", "", "", *base, "", ""]]
     for f, p, e_path, d_path in rows:
         k = label[f, p]
         sizes = [RUNTIME_NAMES[f], p, f"{_size(e_path):.1f}", f"{_size(d_path):.1f}"]
