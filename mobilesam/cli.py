@@ -280,6 +280,26 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_web(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="the folder `mobilesam export SRC --format web --out DIR` wrote")
+    p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default: 8000; 0: any free port)")
+
+
+def _run_web(args: argparse.Namespace) -> int:
+    from .deploy.web import make_server
+
+    server = make_server(args.folder, port=args.port)
+    url = f"http://127.0.0.1:{server.server_port}/"
+    print(f"mobilesam web: open {url} (serving {args.folder}; Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilesam", description="MobileSAM and SAM from the command line")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
@@ -294,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         "everything": ("segment everything in an image and write an overlay PNG", _add_everything, _run_everything),
         "demo": ("serve the interactive web demo (needs mobilesam[demo])", _add_demo, _run_demo),
+        "web": ("serve a --format web export on this machine, for the browser", _add_web, _run_web),
     }
     for name, (help, add, run) in commands.items():
         p = sub.add_parser(name, help=help, description=help)

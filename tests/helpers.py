@@ -118,3 +118,36 @@ def assert_embeds_alike_and_fresh(predictor, one_thread, image: np.ndarray) -> N
     np.testing.assert_array_equal(a.features, kept)
     assert np.abs(c.features - kept).max() > 0.1
     np.testing.assert_array_equal(kept, predictor.embed(image).features)
+
+
+CHROMIUM_FLAGS = (
+    "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking "
+    "--disable-component-update --disable-sync --disable-dev-shm-usage --window-size=1280,1000"
+).split()
+
+
+def headless_chromium(chromium: str, driver: str, performance_log: bool = False, extra: tuple[str, ...] = ()):
+    """Debian's chromium through its chromedriver (selenium), headless with the flags every browser test and the web
+    benchmark use; `performance_log` records network requests (`remote_requests`)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, *extra):
+        options.add_argument(flag)
+    if performance_log:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def remote_requests(browser) -> tuple[list[str], list[str]]:
+    """(every URL the page requested, those not on 127.0.0.1), from the performance log."""
+    import json
+
+    urls = [
+        json.loads(e["message"])["message"]["params"]["request"]["url"]
+        for e in browser.get_log("performance")
+        if '"Network.requestWillBeSent"' in e["message"]
+    ]
+    return urls, [u for u in urls if u.startswith(("http:", "https:", "ws:", "wss:")) and "//127.0.0.1:" not in u]

@@ -61,7 +61,6 @@ def require() -> Path:
     """The page's source folder, with onnxruntime-web installed at the pinned version; else an error with the fix."""
     from .onnx_export import require as require_onnx
 
-    require_onnx()
     src = source_dir()
     missing = [f for f in (*PAGE_FILES, "package.json") if not (src / f).is_file()]
     if missing:
@@ -82,6 +81,7 @@ def require() -> Path:
             f"{src / ORT_PACKAGE} is version {installed} but web/package.json pins {_pinned_version(src)}: "
             f"run `npm ci --prefix {src}`"
         )
+    require_onnx()  # the graphs are the ONNX writer's
     return src
 
 
@@ -141,52 +141,88 @@ def _model_entry(files: dict[str, Path], model_dir: Path, tag: str) -> dict[str,
 
 
 def write(model: Any, out_dir: Path, options: ExportOptions) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The format's writer (`mobilesam.deploy.formats`): the page, the runtime and the ONNX graphs into `out_dir`.
+    """The format's writer (`mobilesam.deploy.formats`): the ONNX writer's graphs into `out_dir/model`, the page and
+    its runtime around them (`assemble`), then the export check of every pair (`mobilesam.deploy.guard`).
 
     Returns:
         Role ("encoder", "decoder", with --quantize "encoder_int8", "decoder_int8") -> path of the graphs in
-        `out_dir/model`, and the sidecar's description (the ONNX writer's, the runtime's version, and the download
-        size of each precision: runtime + page + graphs).
+        `out_dir/model`, and the sidecar's description (the ONNX writer's, the runtime's version, the download size
+        of each precision: page + runtime + graphs, and the check's figures).
     """
     from .onnx_export import write as write_onnx
 
+    require()
+    files, info = write_onnx(model, Path(out_dir) / "model", options)
+    page = assemble(out_dir, files, int(model.img_size), options.precision, options.single_mask)
+    return files, {**info, **page, "check": _check(model, files, options.precision)}
+
+
+def assemble(
+    out_dir: str | os.PathLike,
+    files: dict[str, Path],
+    img_size: int,
+    precision: str = "fp32",
+    single_mask: bool = False,
+) -> dict[str, Any]:
+    """Puts the page, onnxruntime-web and the examples around ONNX graphs already in `out_dir/model`, and writes
+    `model/model.json` (img_size, each precision's files with bytes and sha256); the folder is checked after.
+
+    Args:
+        out_dir: the web folder.
+        files: role -> ONNX file in `out_dir/model` ("encoder", "decoder", optionally "encoder_int8", "decoder_int8").
+        img_size: the graphs' input size.
+        precision: the float graphs' precision ("fp32" or "fp16").
+        single_mask: the decoder was exported with `--single-mask`.
+
+    Returns:
+        The sidecar's description of the page: its runtime's version and the download size of each precision.
+    """
     src = require()
     out = Path(out_dir)
     model_dir = out / "model"
-    files, info = write_onnx(model, model_dir, options)
     for f in PAGE_FILES:
         _copy(src / f, out / f)
     dist = src / ORT_PACKAGE / "dist"
     for f in ORT_FILES:
         _copy(dist / f, out / "ort" / f)
-    examples = _examples(out)
-
-    models = {options.precision: _model_entry(files, model_dir, "")}
+    models = {precision: _model_entry(files, model_dir, "")}
     if "encoder_int8" in files:
         models["int8"] = _model_entry(files, model_dir, "_int8")
-    ort_version = _pinned_version(src)
     config = {
         "format": "mobilesam-web",
         "version": 1,
-        "img_size": int(model.img_size),
-        "default": options.precision,
+        "img_size": img_size,
+        "default": precision,
         "models": models,
-        "examples": examples,
-        "onnxruntime_web": ort_version,
+        "examples": _examples(out),
+        "onnxruntime_web": _pinned_version(src),
         "max_image_side": MAX_IMAGE_SIDE,
-        "num_masks": 1 if options.single_mask else 4,
+        "num_masks": 1 if single_mask else 4,
     }
     _write_text(model_dir / "model.json", json.dumps(config, indent=1) + "\n")
     check_folder(out)
     shell = sum((out / f).stat().st_size for f in PAGE_FILES) + sum((out / "ort" / f).stat().st_size for f in ORT_FILES)
-    info = {
-        **info,
+    return {
         "page": "index.html",
-        "onnxruntime_web": ort_version,
+        "onnxruntime_web": config["onnxruntime_web"],
         "download_bytes": {p: shell + m["bytes"] for p, m in models.items()},
         "serve": "mobilesam web DIR (COOP/COEP headers for multi-threaded WASM)",
     }
-    return files, info
+
+
+def _check(model: Any, files: dict[str, Path], precision: str) -> dict[str, Any]:
+    """The export check (`mobilesam.deploy.guard`) of every pair the page may load, run with ONNX Runtime: the
+    page feeds them exactly as `OnnxPredictor` does (the browser test holds the page to it)."""
+    from .formats import pairs
+    from .guard import check_export, reference
+    from .onnx_runtime import OnnxPredictor
+
+    ref = reference(model)
+    checks = {}
+    for p, enc, dec in pairs(files, precision):
+        label = f"{enc.name} + {dec.name}"
+        checks[label] = check_export(label, OnnxPredictor(enc, dec), ref, p)
+    return checks
 
 
 def check_folder(folder: str | os.PathLike) -> dict[str, Any]:
@@ -237,25 +273,23 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass  # one line per file would bury the address; errors reach the page
 
 
-def serve(folder: str | os.PathLike, port: int = 8000, block: bool = True) -> http.server.ThreadingHTTPServer:
-    """Serves a web export on http://127.0.0.1:`port`/ (0: a free port; the server's `server_port` says which).
-
-    With `block`, serves until Ctrl-C; otherwise in a daemon thread (call `.shutdown()` to stop).
-    """
+def make_server(folder: str | os.PathLike, port: int = 8000) -> http.server.ThreadingHTTPServer:
+    """A server (not yet serving) for a web export on http://127.0.0.1:`port`/ (0: a free port; its `server_port`
+    says which), after checking the folder (`check_folder`) and the port."""
     check_folder(folder)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port={port!r}: choose 1024-65535 (or 0 for any free port)")
+        raise ValueError(f"port={port!r}: choose a port from 1 to 65535 (or 0 for any free port)")
     handler = functools.partial(_Handler, directory=str(Path(folder).resolve()))
     try:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError as e:
         raise OSError(f"cannot serve on 127.0.0.1:{port} ({e.strerror or e}): pick another port with --port") from e
     server.daemon_threads = True
-    if not block:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    return server
+
+
+def serve(folder: str | os.PathLike, port: int = 8000) -> http.server.ThreadingHTTPServer:
+    """Serves a web export on loopback in a daemon thread (`make_server`); `.shutdown()` stops it."""
+    server = make_server(folder, port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -207,6 +207,7 @@ function fail(text) {
 
 async function openFile(file) {
   showMessage('');
+  setState('opening');
   if (file.type && !file.type.startsWith('image/')) {
     return fail(`${file.name} is not an image (${file.type}): open a PNG, JPEG, WebP, GIF or BMP file`);
   }
@@ -554,6 +555,16 @@ window.mobilesam = {
   }),
   maskDocument,
   openUrl,
+  // for benchmarks: embed the open image again; replace the prompts and decode (each resolves with the times)
+  embed: async () => {
+    await encode();
+    return { ...state.times };
+  },
+  segment: async (points, labels, box = null) => {
+    Object.assign(state, { points, labels, box, history: points.map(() => ({ kind: 'point' })) });
+    await requestDecode();
+    return { ...state.times };
+  },
 };
 
 async function main() {

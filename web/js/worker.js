@@ -64,6 +64,31 @@ async function fetchModel(file, role, baseUrl) {
   return bytes;
 }
 
+/** The graph is this role's, exported for model.json's img_size (its static sizes), else an error saying so. */
+function checkGraph(role, path) {
+  const inputs = session.inputNames.join(', ');
+  const meta = (list, name) => (session[list] || []).find((m) => m.name === name);
+  const expected = role === 'encoder' ? ['image'] : ['image_embeddings', 'point_coords', 'point_labels', 'mask_input'];
+  if (!expected.every((n) => session.inputNames.includes(n))) {
+    throw new Error(
+      `${path} is not a MobileSAM ${role} (its inputs are ${inputs}; a ${role} takes ${expected.join(', ')}): ` +
+        'export the folder again',
+    );
+  }
+  // the encoder's embedding is 1x256x(S/16)x(S/16) and the decoder's mask_input 1x1x(S/4)x(S/4), both static
+  const [name, list, side] =
+    role === 'encoder' ? ['image_embeddings', 'outputMetadata', imgSize / 16] : ['mask_input', 'inputMetadata', imgSize / 4];
+  const shape = meta(list, name) && meta(list, name).shape;
+  const last = shape && shape.length ? shape[shape.length - 1] : null;
+  if (typeof last === 'number' && last !== side) {
+    const theirs = role === 'encoder' ? last * 16 : last * 4;
+    throw new Error(
+      `${path} was exported for img_size ${theirs}, but model.json says ${imgSize}: the folder mixes two exports; ` +
+        'export it again',
+    );
+  }
+}
+
 async function init({ id, backend, threads, file, role, size, baseUrl }) {
   ort.env.wasm.wasmPaths = new URL('../ort/', import.meta.url).href;
   ort.env.wasm.numThreads = threads;
@@ -74,6 +99,7 @@ async function init({ id, backend, threads, file, role, size, baseUrl }) {
   post({ type: 'progress', stage: `starting the ${role} on ${backend}`, role, loaded: 1, total: 1 });
   session = await ort.InferenceSession.create(bytes, { executionProviders: [backend], graphOptimizationLevel: 'all' });
   imgSize = size;
+  checkGraph(role, file.path);
   embedding = null;
   post({ type: 'ready', id, backend, threads: ort.env.wasm.numThreads, loadMs: performance.now() - t0 });
 }
