@@ -2,12 +2,14 @@
 
 One object per call, a fixed number P of prompt points (a box is its two corners, labels 2 and 3; unused slots
 are padding, label -1), no mask input; out come the four low-resolution masks and their IoUs. The predictor
-upsamples (`mobilesam.exported.upscale_masks`). Padding slots are masked out of every attention, so the
+upsamples (`mobilesam.deploy.runtime.upscale_masks`). Padding slots are masked out of every attention, so the
 result does not depend on P: it equals SAM's decoder on the unpadded prompt, including the "not a point" token
 SAM appends when there is no box (the graph appends it itself, masked when a box is present). Every op is a
 linear layer, a batched matmul, a softmax, an elementwise op or a view, so XNNPACK takes the whole graph:
 labels become one-hot weights by arithmetic (relu(1 - |label - i|)) instead of comparisons, and the constants
-(positional grid, folded transposed-convolution weights) are computed once here.
+(positional grid, folded transposed-convolution weights) are computed once here. Its layer norms are
+`nn.LayerNorm`s: the ExecuTorch writer alone rewrites them as linear layers for XNNPACK
+(`lowering.replace_layer_norms`).
 """
 
 from __future__ import annotations
@@ -20,31 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modeling import Sam
-from .lowering import LinearLayerNorm, attention, replace_layer_norms
+from ..modeling.transformer import Attend
+from .interface import static_shapes
+from .lowering import attention
 
 DEFAULT_MAX_POINTS = 8  # points per object the exported decoder holds (a box takes two of them)
 LABELS = (-1, 0, 1, 2, 3)  # padding, negative, positive, box top-left, box bottom-right
-# The static graphs' interface, as every format's sidecar entry states it
-ENCODER_INPUT = (
-    "image {batch}x3xSxS float32 (S = img_size): the RGB image resized so its long side is S (PIL bilinear), "
-    "normalised with SAM's pixel mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375), zero-padded at "
-    "the bottom and right (mobilesam.exported.normalize_pad)"
-)
-DECODER_INPUTS = (
-    "image_embeddings 1x256x(img_size/16)^2; point_coords 1x{points}x2 float32 (x, y) in the resized image's "
-    "pixels; point_labels 1x{points} float32 (1 positive, 0 negative, 2/3 box corners, -1 padding)"
-)
-DECODER_OUTPUTS = "low_res_masks 1x4x(img_size/4)^2 logits (mask 0 single, 1-3 multimask), iou_predictions 1x4"
-
-
-def interface(max_points: int, batch: str = "1") -> dict[str, object]:
-    """The static graphs' interface as every format's sidecar entry states it (`batch`: the encoder's batch)."""
-    return {
-        "encoder_input": ENCODER_INPUT.format(batch=batch),
-        "decoder_inputs": DECODER_INPUTS.format(points=max_points),
-        "decoder_outputs": DECODER_OUTPUTS,
-        "max_points": max_points,
-    }
 
 
 def check_max_points(max_points: int) -> None:
@@ -56,12 +39,20 @@ def check_max_points(max_points: int) -> None:
 def example_inputs(img_size: int, max_points: int = DEFAULT_MAX_POINTS) -> dict[str, tuple[Tensor, ...]]:
     """Inputs to export each static graph with: a normalised padded image; one positive point, the rest padding."""
     check_max_points(max_points)
-    g = img_size // 16
-    coords = torch.zeros(1, max_points, 2)
+    (encoder, _), (decoder, _) = (static_shapes(role, img_size, max_points) for role in ("encoder", "decoder"))
+    coords = torch.zeros(decoder["point_coords"])
     coords[0, 0] = torch.tensor([img_size / 3, img_size / 5])
-    labels = torch.full((1, max_points), -1.0)
+    labels = torch.full(decoder["point_labels"], -1.0)
     labels[0, 0] = 1.0
-    return {"encoder": (torch.randn(1, 3, img_size, img_size),), "decoder": (torch.randn(1, 256, g, g), coords, labels)}
+    return {
+        "encoder": (torch.randn(encoder["image"]),),
+        "decoder": (torch.randn(decoder["image_embeddings"]), coords, labels),
+    }
+
+
+def matmul_kernel(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """The decoder's attention kernel as batched matmuls and a last-dim softmax (`lowering.attention`)."""
+    return attention(q, k, v, bias, q.shape[-1] ** -0.5)
 
 
 class StaticDecoder(nn.Module):
@@ -87,7 +78,7 @@ class StaticDecoder(nn.Module):
         pe = sam.prompt_encoder
         dec = copy.deepcopy(sam.mask_decoder).eval()
         dec.requires_grad_(False)
-        self.transformer = replace_layer_norms(dec.transformer)
+        self.transformer = dec.transformer
         self.hypernetworks = dec.output_hypernetworks_mlps
         self.iou_head = dec.iou_prediction_head
         self.num_mask_tokens = dec.num_mask_tokens
@@ -120,7 +111,8 @@ class StaticDecoder(nn.Module):
             self.up2 = nn.Linear(self.c1, 4 * self.c2)
             self.up2.weight.copy_(conv2.weight.permute(0, 2, 3, 1).reshape(self.c1, -1).T)
             self.up2.bias.copy_(conv2.bias.repeat(4))
-        self.up_norm = LinearLayerNorm(norm.weight, norm.bias, norm.eps)  # LayerNorm2d, applied on tokens
+        self.up_norm = nn.LayerNorm(self.c1, eps=norm.eps)  # LayerNorm2d, applied on tokens (channels last)
+        self.up_norm.load_state_dict(norm.state_dict())
         self.requires_grad_(False)
 
     def embed_points(self, point_coords: Tensor, point_labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,28 +131,6 @@ class StaticDecoder(nn.Module):
         absent = torch.cat([self.zeros_out, is_pad.transpose(1, 2), has_box], dim=2)  # 1 x 1 x (5 + P + 1)
         return sparse, (absent * -1e4).view(1, 1, 1, -1)
 
-    def _attend(self, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
-        """`transformer.Attention.forward` with an additive key bias (1x1x1xNk) through `lowering.attention`."""
-        q, k, v = attn._heads(attn.q_proj(q)), attn._heads(attn.k_proj(k)), attn._heads(attn.v_proj(v))
-        out = attention(q, k, v, bias, q.shape[-1] ** -0.5)
-        b, _, n, _ = out.shape
-        return attn.out_proj(out.transpose(1, 2).reshape(b, n, attn.internal_dim))
-
-    def _block(self, layer: nn.Module, queries: Tensor, keys: Tensor, query_pe: Tensor, bias: Tensor):  # noqa: ANN202
-        """`TwoWayAttentionBlock.forward` with the padding tokens masked wherever they are keys."""
-        if layer.skip_first_layer_pe:
-            queries = self._attend(layer.self_attn, queries, queries, queries, bias)
-        else:
-            q = queries + query_pe
-            queries = queries + self._attend(layer.self_attn, q, q, queries, bias)
-        queries = layer.norm1(queries)
-        q, k = queries + query_pe, keys + self.key_pe
-        queries = layer.norm2(queries + self._attend(layer.cross_attn_token_to_image, q, k, keys, None))
-        queries = layer.norm3(queries + layer.mlp(queries))
-        q = queries + query_pe
-        keys = layer.norm4(keys + self._attend(layer.cross_attn_image_to_token, k, q, queries, bias))
-        return queries, keys
-
     def upscale_and_project(self, tokens: Tensor, hyper_in: Tensor, g: int) -> Tensor:
         """1x(g*g)xC image tokens, 1xMx(C/8) hypernetwork outputs -> 1xMx(4g)x(4g) (`MaskDecoder`'s method)."""
         m = hyper_in.shape[1]
@@ -173,14 +143,10 @@ class StaticDecoder(nn.Module):
         return masks.reshape(1, m, 4 * g, 4 * g)
 
     def two_way(self, image_embedding: Tensor, tokens: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-        """`TwoWayTransformer.forward` with `key_pe` as the image positional encoding and padding masked."""
-        t = self.transformer
+        """`TwoWayTransformer.forward` with `key_pe` as the image positional encoding, the padding tokens masked
+        wherever they are keys (`bias`, 1x1x1xT) and every attention as batched matmuls."""
         keys = image_embedding.flatten(2).transpose(1, 2)  # BCHW -> B(HW)C
-        queries = tokens
-        for layer in t.layers:
-            queries, keys = self._block(layer, queries, keys, tokens, bias)
-        q, k = queries + tokens, keys + self.key_pe
-        return t.norm_final_attn(queries + self._attend(t.final_attn_token_to_image, q, k, keys, None)), keys
+        return self.transformer.run_tokens(tokens, keys, self.key_pe, Attend(matmul_kernel, token_bias=bias))
 
     def forward(self, image_embeddings: Tensor, point_coords: Tensor, point_labels: Tensor) -> tuple[Tensor, Tensor]:
         sparse, bias = self.embed_points(point_coords, point_labels)
