@@ -31,18 +31,33 @@ def _marks(args: argparse.Namespace) -> dict[str, list[dict]]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+NO_TOOL = "this Python has no AnyLabeling ({}): run the script with the tool's own environment's python"
+
+
+def tool_parser(description: str, out_help: str) -> argparse.ArgumentParser:
+    """The arguments of the scripts run in a tool's environment: the exported yaml, an image, the output, a point."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("config", type=Path, help="the exported anylabeling.yaml")
     ap.add_argument("image", type=Path, help="an RGB image file (PNG or JPEG)")
-    ap.add_argument("out", type=Path, help="where to write the masks (.npz)")
+    ap.add_argument("out", type=Path, help=out_help)
     ap.add_argument("--point", type=float, nargs=2, required=True, metavar=("X", "Y"))
-    ap.add_argument("--box", type=float, nargs=4, required=True, metavar=("X1", "Y1", "X2", "Y2"))
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, a missing or folder config or image refused in one line; Qt set to its offscreen platform."""
     args = ap.parse_args(argv)
     for path, what in ((args.config, "model config"), (args.image, "image")):
         if not path.is_file():
             ap.error(f"{what} {path} is {'a folder' if path.is_dir() else 'missing'}: pass a file")
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = tool_parser(__doc__.split("\n\n")[0], "where to write the masks (.npz)")
+    ap.add_argument("--box", type=float, nargs=4, required=True, metavar=("X1", "Y1", "X2", "Y2"))
+    args = parse(ap, argv)
 
     import numpy as np
     import yaml
@@ -52,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         from anylabeling.services.auto_labeling.segment_anything import SegmentAnything
         from anylabeling.views.labeling.utils.opencv import qt_img_to_rgb_cv_img
     except ImportError as e:
-        ap.error(f"this Python has no AnyLabeling ({e}): run the script with the tool's own environment's python")
+        ap.error(NO_TOOL.format(e))
     tool = next((d for d in ("x-anylabeling-cvhub", "anylabeling") if _installed(d)), "unknown")
 
     import anylabeling.config

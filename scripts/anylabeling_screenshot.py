@@ -9,27 +9,20 @@ Run it with AnyLabeling's own Python (it imports nothing of the project; HOME is
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
+from annotation_tool_masks import NO_TOOL, parse, tool_parser  # beside this script: it runs without the project
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("config", type=Path, help="the exported anylabeling.yaml")
-    ap.add_argument("image", type=Path, help="the image to segment")
-    ap.add_argument("out", type=Path, help="the screenshot (.png)")
-    ap.add_argument("--point", type=float, nargs=2, required=True, metavar=("X", "Y"))
+    ap = tool_parser(__doc__.split("\n\n")[0], "the screenshot (.png)")
     ap.add_argument("--width", type=int, default=1000, help="the screenshot's width in pixels (default 1000)")
     ap.add_argument("--colors", type=int, default=64, help="palette size of the PNG, to keep it small (default 64)")
     ap.add_argument("--timeout", type=float, default=120, help="seconds to wait for the model and the prediction")
-    args = ap.parse_args(argv)
-    for path, what in ((args.config, "model config"), (args.image, "image")):
-        if not path.is_file():
-            ap.error(f"{what} {path} is {'a folder' if path.is_dir() else 'missing'}: pass a file")
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    args = parse(ap, argv)
 
     from PyQt6 import QtCore, QtWidgets
 
@@ -38,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         from anylabeling.views.labeling.label_widget import LabelingWidget
         from anylabeling.views.mainwindow import MainWindow
     except ImportError as e:
-        ap.error(f"this Python has no AnyLabeling ({e}): run the script with the tool's own environment's python")
+        ap.error(NO_TOOL.format(e))
 
     rc = Path.home() / ".anylabelingrc"  # where the app keeps its settings (the custom model list among them)
     rc.touch()
