@@ -17,11 +17,15 @@ export NO_MKDOCS_2_WARNING := 1  # Material for MkDocs prints a notice about its
 	$(PY) -m pip install -e ".[train,docs,onnx,coco,dev]"
 	touch $@
 
+web/node_modules/.installed: web/package-lock.json  ## onnxruntime-web for --format web and its browser tests (skip without npm)
+	@if command -v npm >/dev/null; then npm ci --prefix web --no-audit --no-fund && touch $@; \
+	else echo "npm not found: --format web and its tests need it (apt-get install npm)"; fi
+
 .PHONY: demo test docs lint
 demo: .venv/.installed-train  ## the main job on its embedded default
 	$(PY) train.py
 
-test: .venv/.installed-test  ## the documentation site, strictly (a broken link fails), then the test suite (CPU)
+test: .venv/.installed-test web/node_modules/.installed  ## the documentation site, strictly (a broken link fails), then the test suite (CPU)
 	$(PY) -m mkdocs build --strict --quiet
 	$(PY) -m pytest -q --durations=15
 

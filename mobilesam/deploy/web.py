@@ -126,6 +126,8 @@ def _examples(out: Path) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         Image.fromarray(example(name)).save(tmp, format="PNG")
+        with Image.open(tmp) as im:
+            im.verify()  # reads back as a whole PNG
         os.replace(tmp, path)
         paths.append(path.relative_to(out).as_posix())
     return paths

@@ -377,3 +377,28 @@ def test_a_broken_model_folder_gives_a_message_in_the_page(browser, site, tmp_pa
         finally:
             server.shutdown()
             server.server_close()
+
+
+def test_export_format_web_writes_a_checked_folder(small_checkpoint, tmp_path, capsys):
+    """`mobilesam export --format web`: the page, the runtime and the graphs, checked, recorded in the sidecar."""
+    from mobilesam.cli import main
+    from mobilesam.deploy.formats import FORMATS
+
+    if "web" not in FORMATS:
+        pytest.skip("the web row is not in mobilesam.deploy.formats.FORMATS yet")
+    try:
+        web.require()
+    except (FileNotFoundError, ImportError) as e:
+        pytest.skip(str(e))
+    out = tmp_path / "site"
+    assert main(["export", str(small_checkpoint), "--out", str(out), "--format", "web"]) == 0, capsys.readouterr()
+    config = web.check_folder(out)
+    assert config["img_size"] == 256 and list(config["models"]) == ["fp32"]
+    sidecar = json.loads((out / "mobile_sam.json").read_text())
+    (check,) = sidecar["web"]["check"].values()
+    assert (
+        sidecar["web"]["onnxruntime_web"]
+        == json.loads((WEB / "package.json").read_text())["dependencies"]["onnxruntime-web"]
+    )
+    assert check and "model/encoder.onnx" in sidecar["files"] and "model/decoder.onnx" in sidecar["files"]
+    assert not list(out.glob(".web.*"))  # the staging folder is gone
