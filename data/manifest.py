@@ -173,3 +173,31 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
         shape = m["embedding"].get("shape")
         raise ManifestError(f"{path}: embedding shape {shape} does not fit img_size {m['img_size']}")
     return m
+
+
+def check_teacher(manifest: dict[str, Any], teacher: dict[str, Any], root: str | os.PathLike = "the shards") -> None:
+    """Refuses shards whose embeddings another teacher made than the run's `teacher` config says.
+
+    The variant must match; so must the checkpoint (its sha256 against the manifest's; a random teacher is
+    "random"). A student learns whatever teacher made the shards, so a mismatch would train silently against the
+    wrong model (and its exported decoder would come from another one).
+    """
+    from .teacher import checkpoint_sha256
+
+    made = manifest.get("teacher") or {}
+    ckpt = teacher.get("checkpoint")
+    said = {
+        "variant": teacher.get("variant"),
+        "checkpoint_sha256": checkpoint_sha256(ckpt)
+        if ckpt and Path(ckpt).is_file()
+        else "random"
+        if not ckpt
+        else None,
+    }
+    diff = [f"{k} {made.get(k)!r} in the shards, {v!r} in the config" for k, v in said.items() if v != made.get(k)]
+    if diff:
+        raise ManifestError(
+            f"{root}/{MANIFEST} was made by another teacher than this run's ({'; '.join(diff)}; the shards' teacher: "
+            f"{made.get('checkpoint')}). Set teacher={made.get('variant')} teacher.checkpoint=<that file>, or "
+            "precompute shards with this run's teacher (scripts/precompute_embeddings.py)"
+        )

@@ -1,4 +1,5 @@
-"""Student initialisation (`model.init`): from scratch, from a `mobile_sam.pt`, or from timm's TinyViT weights."""
+"""Student initialisation (`model.init`): from scratch, from a saved model (`mobile_sam.pt`, `<student>.pt`), or
+from timm's ImageNet weights of the student's backbone (TinyViT, RepViT, EfficientViT)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,23 @@ def timm_to_mobilesam(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def timm_to_backbone(state_dict: dict[str, Tensor], backbone_keys: set[str]) -> dict[str, Tensor]:
+    """Renames a timm classifier's state dict to its `features_only` backbone's keys (`backbone.` prefixed).
+
+    timm's feature wrapper flattens the first level of the model's sequential modules: `stages.2.x` becomes
+    `stages_2.x`, `stem.in_conv.x` becomes `stem_in_conv.x`. Keys the backbone has not (the classifier head) are
+    dropped.
+    """
+    out = {}
+    for key in backbone_keys:
+        first, _, rest = key.partition(".")
+        for name in (key, f"{first.replace('_', '.', 1)}.{rest}"):
+            if name in state_dict:
+                out[f"backbone.{key}"] = state_dict[name]
+                break
+    return out
+
+
 def _load_timm_file(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -70,8 +88,9 @@ def init_student(sam: nn.Module, init: str | None) -> list[str]:
 
     Args:
         sam: the Sam model whose image encoder is the student.
-        init: None (keep the random initialisation); a path to a `mobile_sam.pt` (its image encoder is loaded);
-            or `timm:PATH` / `timm:tiny_vit_5m_224.dist_in22k_ft_in1k` for ImageNet TinyViT weights in timm's layout.
+        init: None (keep the random initialisation); a path to a `mobile_sam.pt` or `<student>.pt` (its image
+            encoder is loaded); or `timm:PATH` / `timm:<tag>` (e.g. `timm:tiny_vit_5m_224.dist_in22k_ft_in1k`,
+            `timm:repvit_m1_1.dist_450e_in1k`) for the ImageNet weights of the student's backbone in timm's layout.
 
     Returns:
         The encoder keys left at their initialisation (the classifier head when its class count differs).
@@ -80,7 +99,19 @@ def init_student(sam: nn.Module, init: str | None) -> list[str]:
         return []
     encoder = sam.image_encoder
     own = encoder.state_dict()
-    if str(init).startswith("timm:"):
+    timm_student = any(k.startswith("backbone.") for k in own)
+    if str(init).startswith("timm:") and timm_student:
+        backbone = {k.removeprefix("backbone.") for k in own if k.startswith("backbone.")}
+        weights = _timm_weights(str(init))
+        source = timm_to_backbone(weights, backbone)
+        if len(source) < len(backbone):
+            absent = sorted(backbone - {k.removeprefix("backbone.") for k in source})
+            raise CheckpointError(
+                f"{init} is not this student's backbone: it lacks {len(absent)} of its {len(backbone)} weights "
+                f"({absent[:5]}); give the timm weights of the student's own model (variants.STUDENTS[...].timm_name)"
+            )
+        kind = "timm backbone"
+    elif str(init).startswith("timm:"):
         source = timm_to_mobilesam(_timm_weights(str(init)))
         kind = "timm TinyViT"
     else:
@@ -94,7 +125,7 @@ def init_student(sam: nn.Module, init: str | None) -> list[str]:
     for k in skipped:  # e.g. a 21841-class ImageNet-22k head against the 1000-class slot
         source.pop(k)
     missing = [k for k in own if k not in source]
-    structural = [k for k in missing if not k.startswith(("head.", "norm_head.", "neck."))]
+    structural = [k for k in missing if not k.startswith(("head.", "norm_head.", "neck."))]  # the neck is SAM's
     if structural:
         raise CheckpointError(f"{init} ({kind}) lacks student weights: {structural[:8]}")
     encoder.load_state_dict(source, strict=False)

@@ -86,3 +86,35 @@ def valid_cells(size: tuple[int, int], low: int, img_size: int, device: torch.de
     scale = img_size / low
     rows = torch.arange(low, device=device)
     return (rows[:, None] < size[0] / scale) & (rows[None, :] < size[1] / scale)
+
+
+# Stage 1's losses on the image embedding (`model.loss`)
+EMBEDDING_LOSSES = ("mse", "mse_cosine")
+
+
+def embedding_cells(sizes: Tensor, grid: int, img_size: int) -> Tensor:
+    """Bx1xExE float mask of the embedding cells that cover the image (the rest is padding): B x 2 (h, w) sizes."""
+    cells = torch.ceil(sizes.float() * grid / img_size).long()
+    ar = torch.arange(grid, device=sizes.device)
+    valid = (ar[None, :, None] < cells[:, 0, None, None]) & (ar[None, None, :] < cells[:, 1, None, None])
+    return valid[:, None].float()
+
+
+def embedding_cosine(student: Tensor, teacher: Tensor, sizes: Tensor | None, img_size: int) -> Tensor:
+    """Mean over the embedding cells of 1 - cos(student, teacher), each cell's 256 channels one vector (Bx256xExE).
+
+    It weighs every cell's direction equally whatever its norm, which the MSE leaves to the large-norm cells; with
+    `sizes`, only the cells that cover the image count.
+    """
+    per_cell = 1 - F.cosine_similarity(student.float(), teacher.float(), dim=1, eps=1e-6)[:, None]  # Bx1xExE
+    if sizes is None:
+        return per_cell.mean()
+    valid = embedding_cells(sizes, student.shape[-1], img_size)
+    return (per_cell * valid).sum() / valid.sum().clamp_min(1)
+
+
+def check_embedding_loss(name: str) -> str:
+    """`name` when it is one of `EMBEDDING_LOSSES`, else a ValueError naming the choices."""
+    if name not in EMBEDDING_LOSSES:
+        raise ValueError(f"model.loss={name!r} is not an embedding loss; choose one of {', '.join(EMBEDDING_LOSSES)}")
+    return name
