@@ -121,7 +121,7 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     config = write_bytes(out_dir / FILES["config"], config_text(dict(options.stamp), model.img_size).encode())
     read_config(config)  # read back what the tool will read
     info = {
-        "tools": "AnyLabeling >= 0.4, X-AnyLabeling (Auto Labeling > Load Custom Model > anylabeling.yaml)",
+        "tools": "AnyLabeling 0.4.43, X-AnyLabeling 4.2.1 (tested): Load Custom Model > anylabeling.yaml",
         "encoder_input": ENCODER_INPUT,
         "decoder_input": DECODER_INPUT,
         **checked,

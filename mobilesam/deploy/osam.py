@@ -90,7 +90,7 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     path = write_json(out_dir / FILES["config"], config)
     read_config(path.parent)  # read back what `register` will read
     info = {
-        "tool": "osam >= 0.8 (labelme's backend): mobilesam.deploy.osam.register(folder)",
+        "tool": "osam 0.8.1 (tested; labelme's backend): mobilesam.deploy.osam.register(folder)",
         "name": config["name"],
         "encoder_input": ENCODER_INPUT,
         "decoder_input": DECODER_INPUT,
