@@ -39,8 +39,10 @@ class Format:
     name: str  # the `--format` value and the sidecar's key
     runtime: str  # the runtime, in words ("ONNX Runtime")
     suffixes: tuple[str, ...]  # the graph files' suffix (what `load_predictor` picks by), then companion files'
-    writer_module: str  # holds `require()` and `write(model, out_dir, options)`
-    predictor: str  # "module:Class", the runtime predictor `load_predictor` builds
+    writer_module: str  # a module of this package holding `require()` and `write(model, out_dir, options)`
+    # "module:Class" (a module of this package), the runtime predictor `load_predictor` builds ("": a tool runs
+    # the files)
+    predictor: str
     runtime_module: str  # what the predictor needs to run the files (its tests skip without it)
     extra: str  # `pip install 'mobilesam[<extra>]'`
     precisions: tuple[str, ...] = PRECISIONS
@@ -56,12 +58,12 @@ class Format:
 
     def writer(self) -> Any:
         """The writer module (imports PyTorch and the format's converter)."""
-        return importlib.import_module(self.writer_module)
+        return importlib.import_module(f".{self.writer_module}", __package__)
 
     def predictor_class(self) -> type:
         """The runtime predictor class (imports numpy, Pillow and the runtime only)."""
         module, cls = self.predictor.split(":")
-        return getattr(importlib.import_module(module), cls)
+        return getattr(importlib.import_module(f".{module}", __package__), cls)
 
     def runs_here(self) -> bool:
         """Whether the runtime runs on this machine (`platforms`)."""
@@ -76,7 +78,7 @@ class Format:
         if self.runs_here():
             return
         where = " or ".join(PLATFORMS.get(p, ("", f"a {p} machine"))[1] for p in self.platforms)
-        others = ", ".join(f.name for f in FORMATS.values() if f.runs_here())
+        others = ", ".join(f.name for f in FORMATS.values() if f.runs_here() and f.predictor)
         raise RuntimeError(
             f"{self.runtime} models run on {self.platform_names()} only (this is {sys.platform}): copy "
             f"{' and '.join(map(str, paths))} to {where}, or export another format here (--format {others})"
@@ -89,62 +91,27 @@ class Format:
         return f"{self.name} ({'/'.join(self.suffixes)}, {self.runtime}{self.note}{where}{also})"
 
 
+# One row per format (modules are in this package): a new format is its writer, its runtime and a row here
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format(
-            "onnx",
-            "ONNX Runtime",
-            (".onnx",),
-            "mobilesam.deploy.onnx_export",
-            "mobilesam.deploy.onnx_runtime:OnnxPredictor",
-            "onnxruntime",
-            "onnx",
-            int8=True,
-        ),
-        Format(
-            "executorch",
-            "ExecuTorch",
-            (".pte",),
-            "mobilesam.deploy.executorch",
-            "mobilesam.deploy.et_runtime:ExecuTorchPredictor",
-            "executorch.runtime",
-            "executorch",
-            precisions=("fp32",),
-            int8=True,
-            note=" on XNNPACK",
-        ),
-        Format(
-            "openvino",
-            "OpenVINO",
-            (".xml", ".bin"),
-            "mobilesam.deploy.openvino",
-            "mobilesam.deploy.ov_runtime:OpenVinoPredictor",
-            "openvino",
-            "openvino",
-        ),
-        Format(
-            "litert",
-            "LiteRT",
-            (".tflite",),
-            "mobilesam.deploy.litert",
-            "mobilesam.deploy.litert_runtime:LiteRtPredictor",
-            "ai_edge_litert.interpreter",
-            "litert",
-            aliases=("tflite",),
-        ),
-        Format(
-            "coreml",
-            "Core ML",
-            (".mlpackage",),
-            "mobilesam.deploy.coreml",
-            "mobilesam.deploy.coreml_runtime:CoreMLPredictor",
-            "coremltools",
-            "coreml",
-            platforms=("darwin",),
-        ),
+        Format("onnx", "ONNX Runtime", (".onnx",), "onnx_export", "onnx_runtime:OnnxPredictor", "onnxruntime", "onnx",
+               int8=True),
+        Format("executorch", "ExecuTorch", (".pte",), "executorch", "et_runtime:ExecuTorchPredictor",
+               "executorch.runtime", "executorch", precisions=("fp32",), int8=True, note=" on XNNPACK"),
+        Format("openvino", "OpenVINO", (".xml", ".bin"), "openvino", "ov_runtime:OpenVinoPredictor", "openvino",
+               "openvino"),
+        Format("litert", "LiteRT", (".tflite",), "litert", "litert_runtime:LiteRtPredictor",
+               "ai_edge_litert.interpreter", "litert", aliases=("tflite",)),
+        Format("coreml", "Core ML", (".mlpackage",), "coreml", "coreml_runtime:CoreMLPredictor", "coremltools",
+               "coreml", platforms=("darwin",)),
+        # annotation tools: the tool runs the files (no predictor here; each writer checks its graphs)
+        Format("anylabeling", "AnyLabeling / X-AnyLabeling", (".onnx", ".yaml"), "anylabeling", "", "onnxruntime",
+               "onnx", precisions=("fp32",), aliases=("x-anylabeling",)),
+        Format("osam", "osam (labelme)", (".onnx", ".json"), "osam", "", "onnxruntime", "onnx",
+               precisions=("fp32",)),
     )
-}
+}  # fmt: skip
 ALIASES = {alias: f.name for f in FORMATS.values() for alias in (f.name, *f.aliases)}  # every accepted name
 
 
@@ -156,7 +123,7 @@ def get_format(name: str) -> Format:
 
 def by_suffix(suffix: str) -> Format | None:
     """The format whose graph files end in `suffix` (".onnx"), or None."""
-    return next((f for f in FORMATS.values() if f.suffix == suffix.lower()), None)
+    return next((f for f in FORMATS.values() if f.predictor and f.suffix == suffix.lower()), None)
 
 
 @dataclass(frozen=True)
@@ -261,7 +228,7 @@ def write_format(
     with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=out) as tmp:
         files, info = fmt.writer().write(model, Path(tmp), options)
         info = {**info, "precision": options.precision}
-        if fmt.runs_here():
+        if fmt.runs_here() and fmt.predictor:  # an annotation tool's files are checked by their writer
             reference = reference if reference is not None else make_reference(model)
             checks = {}
             for precision, enc, dec in pairs(files, options.precision):
