@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__
 from .build import build_from
-from .checkpoint import open_checkpoint, save_state_dict
+from .checkpoint import open_checkpoint, save_state_dict, student_meta, weights_name
 from .deploy.formats import ALIASES
 from .files import sha256_file, sha256_path
 
@@ -88,11 +88,11 @@ def export(
     src = open_checkpoint(source, img_size)
     model = build_from(src)
     out = Path(out_dir)
-    weights = out / WEIGHTS_NAMES[src.variant]
+    weights = out / WEIGHTS_NAMES.get(src.variant, weights_name(src.variant))  # a student: <student>.pt
     meta = {
         **_jsonable({k: v for k, v in src.meta.items() if k not in ("files", *FORMAT_KEYS)}),  # not its own files
         "img_size": src.img_size,
-        "variant": src.variant,
+        **student_meta(src.variant),  # variant, and the student a sidecar names
         "source": str(src.path.resolve()),
         "source_sha256": sha256_file(src.path),
         "mobilesam_version": __version__,

@@ -131,3 +131,39 @@ def test_tiny_vit_sizes_told_by_their_weights(tmp_path) -> None:
     assert open_checkpoint(path, img_size=S).variant == "tiny_vit_11m"
     with pytest.raises(CheckpointError, match="holds tiny_vit_11m weights .* but vit_t was asked for"):
         open_checkpoint(path, img_size=S, variant="vit_t")
+
+
+# An export of both formats takes ~30 s on a quiet 2-core machine: the smallest student runs by default, the others
+# (one TinyViT size, one RepViT) with the slow tests.
+@pytest.mark.parametrize(
+    "name",
+    [
+        "efficientvit_b0",
+        pytest.param("tiny_vit_11m", marks=pytest.mark.slow),
+        pytest.param("repvit_m0_9", marks=pytest.mark.slow),
+    ],
+)
+def test_student_exports_with_parity(name: str, tmp_path) -> None:
+    """One TinyViT size, one RepViT, one EfficientViT through ONNX and OpenVINO: each export's own check (two
+    images against PyTorch) passes, the weights come out as `<student>.pt` beside a sidecar that names the student,
+    and the ONNX encoder reproduces the reloaded model's embedding."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    import numpy as np
+
+    from mobilesam.export import export
+    from mobilesam.onnx import OnnxPredictor
+    from tests.helpers import perturb_keeping_input_
+
+    torch.manual_seed(0)
+    src = _save(perturb_keeping_input_(build_sam(name, img_size=S), seed=1), name, tmp_path / "src")
+    written = export(src, tmp_path / "out", formats=["onnx", "openvino"], verbose=False)
+    assert written["weights"].name == f"{name}.pt" and written["openvino_encoder"].suffix == ".xml"
+    meta = json.loads(written["sidecar"].read_text())
+    assert meta["student"] == name and {"onnx", "openvino"} <= set(meta)
+    model = build_sam("auto", written["weights"])
+    image = np.random.default_rng(0).integers(0, 255, (S, S, 3), dtype=np.uint8)
+    onnx_emb = OnnxPredictor(written["encoder"], written["decoder"]).embed(image)
+    with torch.no_grad():
+        ref = model.image_encoder(model.preprocess(torch.from_numpy(image).permute(2, 0, 1))[None]).numpy()
+    assert np.abs(onnx_emb.features - ref).max() / np.abs(ref).max() < 1e-4
