@@ -5,7 +5,7 @@ headless, on an image with a point and a box prompt, against `OnnxPredictor` on 
 Agreement thresholds, and why they are not 100%: the image is 684x1024, the tools' canvas, so AnyLabeling's warp
 is the identity and osam's resize is ours; what is left is the graphs' own resize (antialiased bilinear inside the
 AnyLabeling encoder at img_size 256 against PIL's before ours) and the rounding of mask upscaling: a point prompt
-agrees on >= 99.9% of pixels. A box differs more (>= 90%) for a reason that is the tools' own: both append a
+agrees on >= 99.9% of pixels. A box differs more (>= 95%) for a reason that is the tools' own: both append a
 padding point after a box, which SAM's predictor (and `OnnxPredictor`) does not; fed without it our decoder gives
 `OnnxPredictor`'s mask exactly. On other images the tools' own resizing lowers the agreement: AnyLabeling warps
 every image into the canvas with OpenCV (no antialiasing, no half-pixel centres), and an image that is not 3:2 fills
@@ -32,7 +32,7 @@ TOOL_PYTHONS = {
 SIZE = (684, 1024)  # the tools' canvas
 POINT = [320.0, 342.0]
 BOX = [160.0, 140.0, 640.0, 600.0]
-POINT_AGREEMENT, BOX_AGREEMENT = 0.999, 0.9
+POINT_AGREEMENT, BOX_AGREEMENT = 0.999, 0.95  # measured: 1.0 and 0.972 for all three tools
 
 
 @pytest.fixture(scope="module")
