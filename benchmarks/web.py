@@ -192,7 +192,7 @@ def main(argv: list[str]) -> int:
                     r["threads"],
                 ]
             )
-            print(f"{precision}: done", flush=True)
+            print(f"{precision}: " + ", ".join(map(str, rows[-1][1:])), flush=True)  # in case a later one fails
         head = ["precision", "download", f"page encode ({args.backend})", "ONNX Runtime encode"]
         head += [f"page decode ({args.backend})", "ONNX Runtime decode", "page load", "threads"]
         print(timing.table(head, rows))
