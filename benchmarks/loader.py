@@ -89,7 +89,7 @@ def naive_batch(root: Path, ids: list[int], s: int) -> dict:
     for i in ids:
         img = resize_image(np.asarray(Image.open(root / f"orig_{i}.jpg").convert("RGB")), s)
         x = torch.zeros(3, s, s, dtype=torch.uint8)
-        t = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)
+        t = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # a writable copy
         x[:, : t.shape[1], : t.shape[2]] = t
         images.append(x)
         embs.append(torch.from_numpy(np.load(root / f"emb_{i}.npy")))
