@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modeling import Sam
+from .onnx_guard import refuse_other_sizes
 from .interface import ONNX_DECODER_INPUTS as DECODER_INPUTS
 from .interface import ONNX_DECODER_OUTPUTS as DECODER_OUTPUTS
 from .interface import ONNX_ENCODER_INPUT
@@ -135,7 +136,9 @@ def example_inputs(img_size: int) -> dict[str, tuple[Tensor, ...]]:
     return {"encoder": (image,), "decoder": decoder}
 
 
-def _save_program(program: Any, path: Path, metadata: Mapping[str, str]) -> Path:
+def _save_program(
+    program: Any, path: Path, metadata: Mapping[str, str], edit: Callable[[Any], Any] | None = None
+) -> Path:
     """Stamps `metadata` into the ONNX model and saves it atomically (weights > 1 GiB go to `<name>.data`).
 
     The exporter names the weights file after the model file, so both are written in a temp folder beside
@@ -156,6 +159,10 @@ def _save_program(program: Any, path: Path, metadata: Mapping[str, str]) -> Path
         staged = Path(tmp) / path.name
         weights = sum(v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value)
         program.save(staged, external_data=weights > EXTERNAL_DATA_BYTES)
+        if edit is not None:  # a rewrite of the saved graph (e.g. `onnx_guard`'s size check); the weights stay put
+            import onnx
+
+            onnx.save(edit(onnx.load(staged, load_external_data=False)), staged)
         data = staged.with_name(staged.name + ".data")
         if data.exists():
             path.unlink(missing_ok=True)
@@ -202,7 +209,8 @@ def export_encoder(sam: Sam, path: str | os.PathLike, opset: int = DEFAULT_OPSET
         dynamic_shapes={"image": {0: height, 1: width}},
     )
     meta = {**dict(metadata), "graph": "encoder", "img_size": s, "input": ONNX_ENCODER_INPUT}
-    return _save_program(program, Path(path), meta)
+    # the graph pads what is smaller and crops what is larger: any long side but img_size is refused instead
+    return _save_program(program, Path(path), meta, edit=lambda proto: refuse_other_sizes(proto, s))
 
 
 def export_decoder(

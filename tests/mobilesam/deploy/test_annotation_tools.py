@@ -202,22 +202,33 @@ def test_the_tool_script_refuses_a_folder(tmp_path):
     assert done.returncode == 2 and f"model config {tmp_path} is a folder: pass a file" in done.stderr
 
 
-def test_size_check_refuses_an_image_the_encoder_would_crop(exported_small, tmp_path):
-    """`onnx_guard.refuse_other_sizes` on the `--format onnx` encoder (img_size 256): a resized image runs as before;
-    AnyLabeling's 684x1024 canvas, which the graph would crop to its top-left 256x256, fails naming the rule."""
+def test_onnx_encoder_refuses_an_image_it_would_crop(exported_small, tmp_path):
+    """The `--format onnx` encoder (img_size 256) carries `onnx_guard`'s size check: a resized image runs, and
+    AnyLabeling's 684x1024 canvas (which the graph would crop to its top-left 256x256) or any long side but 256 fails
+    naming the rule. Without the check (the guard's nodes cut out) the same graph crops silently."""
     import onnx
     import onnxruntime as ort
 
-    from mobilesam.deploy.onnx_guard import refuse_other_sizes
+    from mobilesam.deploy.onnx_guard import GUARD_PREFIX
 
     src = exported_small("onnx") / "encoder.onnx"
-    guarded = tmp_path / "encoder.onnx"
-    onnx.save(refuse_other_sizes(onnx.load(src), 256), guarded)
+    model = onnx.load(src)
+    rule = "image_long_side_must_be_256__resize_the_image_so_its_long_side_is_256"
+    assert sum(n.name == rule for n in model.graph.node) == 1
+    # the same graph without the check: the guard's reshape becomes an identity, its helper nodes go
+    for node in model.graph.node:
+        if node.name == rule:
+            node.op_type, node.name = "Identity", "unchecked"
+            del node.input[1:]
+    keep = [n for n in model.graph.node if not n.name.startswith(GUARD_PREFIX)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    unchecked = tmp_path / "unchecked.onnx"
+    onnx.save(model, unchecked)
+    guarded, plain = (ort.InferenceSession(str(p)) for p in (src, unchecked))
     image = np.random.default_rng(0).integers(0, 256, (192, 256, 3), dtype=np.uint8)
-    before, after = (ort.InferenceSession(str(p)) for p in (src, guarded))
-    assert np.array_equal(before.run(None, {"image": image})[0], after.run(None, {"image": image})[0])
-    rule = r"image_long_side_must_be_256__resize_the_image_so_its_long_side_is_256"
+    assert np.array_equal(guarded.run(None, {"image": image})[0], plain.run(None, {"image": image})[0])
     for shape in ((684, 1024, 3), (100, 200, 3), (256, 300, 3)):
         with pytest.raises(Exception, match=rf"(?s)Reshape node\. Name:'{rule}'.*Input shape:\{{{shape[0]},"):
-            after.run(None, {"image": np.zeros(shape, np.uint8)})
-    assert before.run(None, {"image": np.zeros((684, 1024, 3), np.uint8)})[0].shape == (1, 256, 16, 16)  # cropped
+            guarded.run(None, {"image": np.zeros(shape, np.uint8)})
+    assert plain.run(None, {"image": np.zeros((684, 1024, 3), np.uint8)})[0].shape == (1, 256, 16, 16)  # cropped
