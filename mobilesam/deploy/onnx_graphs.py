@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modeling import Sam
-from .onnx_guard import refuse_other_sizes
 from .interface import ONNX_DECODER_INPUTS as DECODER_INPUTS
 from .interface import ONNX_DECODER_OUTPUTS as DECODER_OUTPUTS
 from .interface import ONNX_ENCODER_INPUT
 from .interface import ONNX_ENCODER_INPUTS as ENCODER_INPUTS
 from .interface import ONNX_ENCODER_OUTPUTS as ENCODER_OUTPUTS
+from .onnx_guard import refuse_other_sizes
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the exporter's own; its conversion to 17 writes invalid graphs (ReduceMax attributes)
