@@ -167,3 +167,21 @@ def test_student_exports_with_parity(name: str, tmp_path) -> None:
     with torch.no_grad():
         ref = model.image_encoder(model.preprocess(torch.from_numpy(image).permute(2, 0, 1))[None]).numpy()
     assert np.abs(onnx_emb.features - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_benchmark_counts_macs_against_a_reference() -> None:
+    """`python -m benchmarks students` counts a convolution's multiply-accumulates as out x in x k x k x H x W."""
+    from benchmarks.students import counts, gmacs
+
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert gmacs(conv, torch.zeros(1, 3, 16, 16)) == pytest.approx(8 * 3 * 9 * 16 * 16 / 1e9)
+    _, row = counts("efficientvit_b0", 64)
+    encoder = build_sam("efficientvit_b0", img_size=64).image_encoder
+    assert row[0] == "efficientvit_b0" and float(row[1]) == pytest.approx(
+        sum(p.numel() for p in encoder.parameters()) / 1e6, abs=0.005
+    )
+    g64 = gmacs(encoder, torch.zeros(1, 3, 64, 64))
+    assert row[2] == f"{g64:.2f}" and g64 > 0
+    # convolutions and EfficientViT's linear attention: MACs grow with the pixel count (4x for twice the side)
+    g128 = gmacs(build_sam("efficientvit_b0", img_size=128).image_encoder, torch.zeros(1, 3, 128, 128))
+    assert g128 / g64 == pytest.approx(4.0, rel=0.02)
