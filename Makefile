@@ -21,11 +21,25 @@ web/node_modules/.installed: web/package-lock.json  ## onnxruntime-web for --for
 	@if command -v npm >/dev/null; then npm ci --prefix web --no-audit --no-fund && touch $@; \
 	else echo "npm not found: --format web and its tests need it (apt-get install npm)"; fi
 
+# The annotation tools, each in an environment of its own (their pins clash with ours and with each other); the
+# tests run the tools' own inference code there and skip, naming these lines, where they are missing.
+.venv/tools/anylabeling/.installed: .venv/.installed-train
+	python3 -m venv .venv/tools/anylabeling
+	.venv/tools/anylabeling/bin/python -m pip install -q anylabeling==0.4.43
+	touch $@
+
+.venv/tools/x-anylabeling/.installed: .venv/.installed-train
+	python3 -m venv .venv/tools/x-anylabeling
+	.venv/tools/x-anylabeling/bin/python -m pip install -q 'x-anylabeling-cvhub[cpu]==4.2.1'
+	touch $@
+
+TOOLS := .venv/tools/anylabeling/.installed .venv/tools/x-anylabeling/.installed
+
 .PHONY: demo test docs lint
 demo: .venv/.installed-train  ## the main job on its embedded default
 	$(PY) train.py
 
-test: .venv/.installed-test web/node_modules/.installed  ## the documentation site, strictly (a broken link fails), then the test suite (CPU)
+test: .venv/.installed-test web/node_modules/.installed $(TOOLS)  ## the documentation site, strictly (a broken link fails), then the test suite (CPU)
 	$(PY) -m mkdocs build --strict --quiet
 	$(PY) -m pytest -q --durations=15
 
