@@ -34,6 +34,19 @@ def test_student_is_chosen_in_the_config(overrides: list[str], model: str, stude
     assert cfg.model._target_.split(".")[1] == {"distill": "distill", "pitl": "pitl", "finetune": "finetune"}[model]
 
 
+def test_stage_2_trains_a_timm_student(fast_overrides, tmp_path) -> None:
+    """Prompt-in-the-loop (stage 2) with a RepViT student: one step, and the exported file is the student's."""
+    cfg = compose_train(
+        fast_overrides
+        + ["model=pitl", "model/student=repvit_m0_9", "data.masks_per_image=2", "model.prompts_per_image=2"]
+        + ["trainer.max_steps=1"]
+    )
+    result = run(cfg)
+    assert Path(result["mobile_sam"]).name == "repvit_m0_9.pt"
+    assert {"train/loss", "train/loss_mask", "train/loss_embedding"} <= set(result["metrics"])
+    assert build_sam("auto", result["mobile_sam"]).image_encoder.img_size == 256
+
+
 def test_a_timm_student_run_saves_its_own_file_and_sidecar(fast_overrides, tmp_path) -> None:
     cfg = compose_train(
         fast_overrides + ["model/student=efficientvit_b0", "model.loss=mse_cosine", "trainer.max_steps=1"]
