@@ -25,6 +25,7 @@ const state = {
   history: [], // undo stack: {kind: 'point'} or {kind: 'box', previous}
   result: null, // {masks, scores, height, width, imageId}
   chosen: 0,
+  note: '', // why the backend is not the obvious one
   times: {},
   pending: new Map(),
   nextId: 1,
@@ -158,6 +159,13 @@ async function chooseBackend() {
   if (asked === 'webgpu' && !adapter) {
     throw new Error('WebGPU is not available in this browser (no adapter): open the page without ?backend=webgpu');
   }
+  // a software adapter (SwiftShader, a fallback adapter) is far slower than WASM: used only when asked for
+  const info = (adapter && adapter.info) || {};
+  const software = adapter && (adapter.isFallbackAdapter || info.isFallbackAdapter || info.architecture === 'swiftshader');
+  if (software && asked !== 'webgpu') {
+    state.note = ' (the only WebGPU adapter is a software one; ?backend=webgpu uses it)';
+    return 'wasm';
+  }
   return adapter ? 'webgpu' : 'wasm';
 }
 
@@ -189,7 +197,8 @@ async function loadModel(precision) {
   state.times = { load: r.loadMs };
   const where = r.backend === 'webgpu' ? 'WebGPU' : `WASM, ${r.threads} thread${r.threads > 1 ? 's' : ''}`;
   const isolation = crossOriginIsolated ? '' : ' (single-threaded: the page is not cross-origin isolated)';
-  $('backend').textContent = `Running on ${where}${r.backend === 'wasm' ? isolation : ''}; model ${precision}, img_size ${state.config.img_size}.`;
+  const note = `${r.backend === 'wasm' ? isolation : ''}${state.note || ''}`;
+  $('backend').textContent = `Running on ${where}${note}; model ${precision}, img_size ${state.config.img_size}.`;
   document.body.dataset.backend = r.backend;
   progress(null);
   showTimes();

@@ -226,12 +226,12 @@ def _open(browser, server, query: str = "") -> dict:
     return _wait_state(browser, ("ready", "error"))
 
 
-def _upload(browser, path: Path, states=("encoded",)) -> dict:
+def _upload(browser, path: Path, states=("encoded",), timeout: float = 60.0) -> dict:
     from selenium.webdriver.common.by import By
 
     browser.execute_script("document.body.dataset.state = 'uploading'")  # not the state of the last upload
     browser.find_element(By.ID, "file").send_keys(str(path))
-    return _wait_state(browser, (*states, "error"))
+    return _wait_state(browser, (*states, "error"), timeout=timeout)
 
 
 def _page_mask(browser) -> tuple[np.ndarray, dict]:
@@ -331,15 +331,37 @@ def test_the_page_segments_as_onnx_runtime_on_wasm(browser, site, tmp_path):
         server.server_close()
 
 
-def test_the_page_segments_as_onnx_runtime_on_webgpu(browser, site, tmp_path):
+@pytest.mark.slow
+def test_the_page_segments_as_onnx_runtime_on_webgpu(chromium, site, tmp_path):
+    """WebGPU, on whatever adapter Chromium offers with --enable-unsafe-webgpu (here SwiftShader's software one: a
+    minute to embed at 256, so one click). The page itself uses a software adapter only when asked to."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from mobilesam.demo.examples import example
+    from mobilesam.deploy.onnx_runtime import OnnxPredictor
+    from tests.helpers import headless_chromium
+
+    browser = headless_chromium(*chromium, extra=("--enable-unsafe-webgpu",))
     server = web.serve(site, port=0)
     try:
         s = _open(browser, server, "?backend=webgpu")
         if s["state"] == "error" and "WebGPU is not available" in (s["error"] or ""):
             pytest.skip(f"headless Chromium offers no WebGPU adapter here (the page says: {s['error']})")
         assert s["state"] == "ready" and s["backend"] == "webgpu", s
-        _segment_and_compare(browser, server, site, tmp_path, "webgpu")
+        Image.fromarray(example("shapes")).save(tmp_path / "shapes.png")
+        assert _upload(browser, tmp_path / "shapes.png", timeout=300)["state"] == "encoded"
+        overlay = browser.find_element(By.ID, "overlay")
+        ActionChains(browser).move_to_element_with_offset(overlay, -100, -30).click().perform()
+        _wait_state(browser, ("decoded",), timeout=300, points=1)
+        predictor = OnnxPredictor(site / "model" / "encoder.onnx", site / "model" / "decoder.onnx", threads=2)
+        assert _agreement(browser, predictor, example("shapes")) >= 0.999
+        # unasked, the page runs on WASM when the only adapter is a software one, and says so
+        s = _open(browser, server, "")
+        if s["backend"] == "wasm":
+            assert "the only WebGPU adapter is a software one" in browser.find_element(By.ID, "backend").text
     finally:
+        browser.quit()
         server.shutdown()
         server.server_close()
 
