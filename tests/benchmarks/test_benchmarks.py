@@ -147,13 +147,14 @@ def test_quick_mode_prints_medians_and_ratios(quick, name):
         assert "boxes equal, stability max diff 0.0e+00" in first[1]["masks"]
         assert first[-1]["masks"].endswith("lowest IoU 1.0000")
     elif name == "inference":
-        assert all(r["masks equal"].startswith(("99.99", "100.0")) for r in first[2:]), first
+        assert all(float(r["masks equal"].split("%")[0]) >= 99.99 for r in first[2:]), first
     elif name == "many_prompts":
         share = float(re.search(r"equal on ([\d.]+)% of pixels", text).group(1))
         assert share > 99.9 and all(float(r["peak resident GiB"]) > 0.1 for r in first)
     elif name == "runtimes":
         onnx = next(r for r in first if r["runtime"] == "ONNX Runtime")
-        assert float(onnx["embedding rel. error"]) < 1e-3 and onnx["masks equal: median / worst"].startswith("99.9")
+        worst = float(onnx["masks equal: median / worst"].split("/")[1].strip(" %"))
+        assert float(onnx["embedding rel. error"]) < 1e-3 and worst >= 99.9, onnx
     elif name == "teacher_precision":
         bf16 = next(r for r in first if r["precision"] == "bf16")
         assert 0 < float(bf16["embedding rel. error (worst image)"]) < 0.1
