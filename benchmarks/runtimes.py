@@ -168,7 +168,8 @@ def main(argv: list[str]) -> int:
     from mobilesam.deploy.formats import FORMATS, PRECISIONS
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks runtimes", description=__doc__)
-    ap.add_argument("--formats", default=",".join(FORMATS), help="comma list (default: every format)")
+    runnable = ",".join(name for name, f in FORMATS.items() if f.predictor)  # annotation tools and web: no predictor
+    ap.add_argument("--formats", default=runnable, help="comma list (default: every format with a runtime predictor)")
     ap.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list of fp32, fp16")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 files (their export is the slow part)")
     ap.add_argument("--img-size", type=int, default=1024)
