@@ -148,6 +148,12 @@ def _run_everything(args: argparse.Namespace) -> int:
         )
     if len(found) > 10:
         print(f"  ... and {len(found) - 10} smaller masks")
+    if not len(found):
+        print(
+            f"no mask passed the thresholds: lower --pred-iou-thresh (now {args.pred_iou_thresh}) or "
+            f"--stability-score-thresh (now {args.stability_score_thresh}), e.g. 0.5 and 0.7, or raise "
+            f"--points-per-side (now {args.points_per_side})"
+        )
     print(f"overlay written to {out}")
     if args.json:
         text = json.dumps(generator.records(found)).encode()
@@ -172,6 +178,10 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"keys       {len(ckpt.state_dict)}")
     print(f"variant    {ckpt.variant} (from {ckpt.variant_from})")
     print(f"img_size   {ckpt.img_size} (from {ckpt.img_size_from})")
+    from .export import other_runtimes_hint
+
+    if other_runtimes_hint(ckpt.img_size):
+        print(f"note       {other_runtimes_hint(ckpt.img_size)}")
     try:
         model = build_from(ckpt)
     except CheckpointError as e:
@@ -231,7 +241,10 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .export import export
+    import json
+
+    from .deploy.formats import by_suffix
+    from .export import export, other_runtimes_hint
     from .files import disk_size
 
     written = export(
@@ -247,7 +260,13 @@ def _run_export(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     for role, path in written.items():
-        print(f"{role:<24}{path} ({disk_size(path) / 2**20:.1f} MiB)")
+        fmt = by_suffix(path.suffix)
+        companions = [c for c in (path.with_suffix(x) for x in (fmt.suffixes[1:] if fmt else ())) if c.exists()]
+        size = sum(disk_size(p) for p in (path, *companions)) / 2**20  # OpenVINO's weights are its `.bin`
+        print(f"{role:<24}{path}{''.join(f' + {c.suffix}' for c in companions)} ({size:.1f} MiB)")
+    hint = other_runtimes_hint(json.loads(written["sidecar"].read_text())["img_size"])
+    if hint:
+        print(f"note: {hint}")
     return 0
 
 
@@ -332,10 +351,27 @@ def error_line(e: BaseException) -> str:
     return f"error: {text}"
 
 
+QUIET_LOGGERS = ("coremltools", "cpuinfo", "absl", "tensorflow", "ai_edge_litert", "tflite_runtime", "openvino")
+
+
+def quiet_third_party_loggers() -> None:
+    """Runtimes' and converters' Python loggers show errors only (`--debug` leaves them as they are), TensorFlow's
+    C++ logs too (TF_CPP_MIN_LOG_LEVEL, unless set). LiteRT's one C++ line ("Created TensorFlow Lite XNNPACK
+    delegate") has no switch and stays."""
+    import logging
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs a subcommand. Any error ends in one `error: ...` line on stderr and exit code 1 (`--debug`: the
     traceback instead)."""
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        quiet_third_party_loggers()
     try:
         with torch.no_grad():
             return int(args.run(args) or 0)

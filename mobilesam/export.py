@@ -75,16 +75,13 @@ def export(
     options = ExportOptions(
         precision=precision,
         quantize=quantize,
-        max_points=max_points or DEFAULT_MAX_POINTS,
+        max_points=DEFAULT_MAX_POINTS if max_points is None else max_points,  # 0 is refused, not the default
         opset=opset,
         single_mask=single_mask,
         verbose=verbose,
+        img_size=img_size,
     )
     check_options(formats, options)  # refuse a bad option or a missing runtime before the slow part
-    if "onnx" in formats:
-        from .deploy.onnx_graphs import DEFAULT_OPSET, check_opset
-
-        check_opset(opset or DEFAULT_OPSET)
     src = open_checkpoint(source, img_size)
     model = build_from(src)
     out = Path(out_dir)
@@ -119,6 +116,19 @@ def export(
     written["weights"] = weights
     written["sidecar"] = weights.with_suffix(".json")
     return written
+
+
+def other_runtimes_hint(img_size: int) -> str:
+    """How to run a model of `img_size` in Ultralytics and the official MobileSAM code, which run at 1024 unless
+    told otherwise ("" at 1024)."""
+    if img_size == 1024:
+        return ""
+    return (
+        f"this model runs at img_size={img_size}; Ultralytics and the official code assume 1024 (wrong masks): "
+        f"in Ultralytics pass imgsz={img_size} (SAM('mobile_sam.pt').predict(image, imgsz={img_size}, ...)); the "
+        "official code's build_sam_vit_t has no img_size argument (image_size = 1024 in mobile_sam/build_sam.py): "
+        f"set it to {img_size} there, or use mobilesam's build_sam('vit_t', 'mobile_sam.pt'), which reads the sidecar"
+    )
 
 
 def _rel(path: Path, out: Path) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import lazy_attributes
 from .formats import FORMATS, by_suffix
-from .runtime import DeployResults, Embedding
+from .runtime import DeployResults, Embedding, ExportFileError
 
 _EXPORTS = {
     "OnnxPredictor": "onnx_runtime",
@@ -33,6 +33,7 @@ __all__ = [
     "CoreMLPredictor",
     "DeployResults",
     "Embedding",
+    "ExportFileError",
     "ExecuTorchPredictor",
     "LiteRtPredictor",
     "OnnxPredictor",
@@ -70,9 +71,18 @@ def load_predictor(encoder_path: str | os.PathLike, decoder_path: str | os.PathL
         predictor (`OnnxPredictor`, `ExecuTorchPredictor`, `OpenVinoPredictor`, `LiteRtPredictor`, ...).
 
     Raises:
-        ValueError: the suffixes differ or belong to no format. RuntimeError: the format's runtime does not run on
+        ValueError: the suffixes differ or belong to no format. ExportFileError (a ValueError): a file is a folder,
+            empty, truncated, not a SAM graph, the other role, of another export than its partner, or changed since
+            export (its sidecar's sha256). RuntimeError: the format's runtime does not run on
             this platform (Core ML off macOS).
     """
+    for p in (encoder_path, decoder_path):
+        if Path(p).is_dir() and by_suffix(Path(p).suffix) is None:  # a folder, not a `.mlpackage`
+            graphs = sorted(str(g) for f in FORMATS.values() if f.predictor for g in Path(p).glob(f"*coder*{f.suffix}"))
+            raise ExportFileError(
+                f"{p} is a folder, not an exported graph: pass the encoder and the decoder files inside it"
+                + (f" (it holds {', '.join(graphs)})" if graphs else "")
+            )
     kinds = {by_suffix(Path(p).suffix) for p in (encoder_path, decoder_path)}
     if len(kinds) != 1 or None in kinds:
         raise ValueError(

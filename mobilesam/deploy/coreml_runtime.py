@@ -19,7 +19,7 @@ import numpy as np
 from ..transforms import ResizeLongestSide
 from .formats import FORMATS
 from .interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, NAMES
-from .runtime import StaticPredictor, check_inputs, check_pair
+from .runtime import ExportFileError, StaticPredictor, check_inputs, check_pair, loading
 
 COREML = FORMATS["coreml"]
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
@@ -40,9 +40,10 @@ def _load(ct: Any, path: str | os.PathLike, compute_units: str) -> Any:
             f"{path} does not exist (a Core ML package is a folder); write it with "
             "`mobilesam export CHECKPOINT --out DIR --format coreml`"
         )
-    return ct.models.MLModel(
-        str(path), compute_units=ct.ComputeUnit[compute_units], skip_model_load=not COREML.runs_here()
-    )
+    with loading(path, "Core ML"):
+        return ct.models.MLModel(
+            str(path), compute_units=ct.ComputeUnit[compute_units], skip_model_load=not COREML.runs_here()
+        )
 
 
 def _shapes(features: Any) -> dict[str, tuple[int, ...]]:
@@ -57,14 +58,14 @@ def _describe(mlmodel: Any, path: str | os.PathLike, role: str) -> tuple[int, in
     names = NAMES[role]
     if meta.get("graph") != role or (tuple(inputs), tuple(outputs)) != names:
         what = f"a Core ML {meta['graph']}" if meta.get("graph") in ("encoder", "decoder") else "a Core ML model"
-        raise ValueError(
+        raise ExportFileError(
             f"{path} is {what} with inputs {list(inputs)} and outputs {list(outputs)}, not the {role} written by "
             f"`mobilesam export --format coreml` (inputs {list(names[0])}, outputs {list(names[1])}); export it again"
         )
     try:
         return int(meta["img_size"]), int(meta["max_points"]), inputs
     except (KeyError, ValueError) as e:
-        raise ValueError(
+        raise ExportFileError(
             f"{path} has no img_size / max_points metadata: it was not written by `mobilesam export --format "
             "coreml`; export it again"
         ) from e
@@ -101,7 +102,7 @@ class CoreMLPredictor(StaticPredictor):
         self.decoder = _load(ct, decoder_path, compute_units)
         self.img_size, _, image = _describe(self.encoder, encoder_path, "encoder")
         decoder_size, self.max_points, inputs = _describe(self.decoder, decoder_path, "decoder")
-        check_pair(encoder_path, decoder_path, {"img_size": self.img_size}, {"img_size": decoder_size})
+        self.export = check_pair(encoder_path, decoder_path, {"img_size": self.img_size}, {"img_size": decoder_size})
         check_inputs(encoder_path, "encoder", image, self.img_size, self.max_points)
         check_inputs(decoder_path, "decoder", inputs, self.img_size, self.max_points)
         self.transform = ResizeLongestSide(self.img_size)

@@ -8,12 +8,14 @@ runtime.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..transforms import ResizeLongestSide
-from .runtime import StaticPredictor, check_pair, require_export
+from .interface import DECODER_INPUTS, ENCODER_INPUTS
+from .runtime import ExportFileError, StaticPredictor, check_pair, check_role, loading, require_export
 
 
 def _program(path: str | os.PathLike) -> Any:
@@ -21,12 +23,23 @@ def _program(path: str | os.PathLike) -> Any:
         from executorch.runtime import Runtime
     except ImportError as e:
         raise ImportError("ExecuTorchPredictor needs executorch: pip install 'mobilesam[executorch]'") from e
-    return Runtime.get().load_program(require_export(path, "executorch"))
+    require_export(path, "executorch")
+    with loading(path, "ExecuTorch"):
+        return Runtime.get().load_program(Path(path))
+
+
+def _inputs(program: Any, path: str | os.PathLike) -> int:
+    """How many inputs the program's `forward` takes (1: an encoder, 3: a decoder)."""
+    if "forward" not in program.method_names:
+        raise ExportFileError(f"{path} has no `forward` method: it is not a graph `mobilesam export` wrote")
+    return int(program.metadata("forward").num_inputs())
 
 
 def _constant(program: Any, name: str, path: str | os.PathLike) -> int:
     if name not in program.method_names:
-        raise ValueError(f"{path} has no `{name}` method: it was not written by `mobilesam export`; export it again")
+        raise ExportFileError(
+            f"{path} has no `{name}` method: it was not written by `mobilesam export`; export it again"
+        )
     return int(program.load_method(name).execute([])[0])
 
 
@@ -50,8 +63,11 @@ class ExecuTorchPredictor(StaticPredictor):
 
             _unsafe_reset_threadpool(threads)
         enc, dec = _program(encoder_path), _program(decoder_path)
+        roles = {"encoder": len(ENCODER_INPUTS), "decoder": len(DECODER_INPUTS)}  # a program's inputs are unnamed
+        check_role(encoder_path, "encoder", _inputs(enc, encoder_path), roles)
+        check_role(decoder_path, "decoder", _inputs(dec, decoder_path), roles)
         self.img_size = _constant(enc, "img_size", encoder_path)
-        check_pair(
+        self.export = check_pair(
             encoder_path,
             decoder_path,
             {"img_size": self.img_size},

@@ -137,6 +137,17 @@ class ExportOptions:
     single_mask: bool = False  # ONNX (the dynamic decoder)
     stamp: Mapping[str, object] = field(default_factory=dict)  # metadata for formats that carry it
     verbose: bool = True
+    img_size: int | None = None  # `--img-size`, when given (checked here; the model is built with it)
+
+
+MAX_POINTS = 64  # the most prompt slots a static decoder may hold (each costs time on every decode)
+OPSET_FORMATS = ("onnx",)  # the formats `--opset` and `--single-mask` apply to
+
+
+def _check_int(value: object, option: str, low: int, high: int, why: str) -> None:
+    """Refuses a `value` of `option` that is not an int in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{option} {value!r} is out of range: choose an integer from {low} to {high} ({why})")
 
 
 def file_name(role: str, suffix: str, precision: str = "fp32") -> str:
@@ -160,11 +171,28 @@ def check_formats(formats: Sequence[str] | str, onnx: bool = False) -> list[str]
 
 
 def check_options(formats: Sequence[str], options: ExportOptions) -> None:
-    """Refuses a precision or `--quantize` a format does not have, and a missing runtime, before any work."""
+    """Refuses, before any work, every option out of range or that no format asked for takes: `--max-points`
+    (2 to `MAX_POINTS`), `--opset` (the exporter's range; onnx only), `--single-mask` (onnx only), `--img-size` (a
+    positive multiple of 16), the precision, `--quantize` for a format without int8, and a missing runtime."""
+    from ..variants import check_img_size
+
+    _check_int(options.max_points, "--max-points", 2, MAX_POINTS, "points per object; a box takes two")
+    if options.img_size is not None:
+        check_img_size(options.img_size, "--img-size", multiple=16)
     if options.precision not in PRECISIONS:
         raise ValueError(f"precision={options.precision!r}: choose from {', '.join(PRECISIONS)}")
-    for name in formats:
-        f = get_format(name)
+    names = [get_format(name).name for name in formats]
+    for option, used in (("--opset", options.opset is not None), ("--single-mask", options.single_mask)):
+        if used and not set(names) & set(OPSET_FORMATS):
+            raise ValueError(
+                f"{option} applies to --format {', '.join(OPSET_FORMATS)} only, not {', '.join(names) or 'none'}: "
+                f"drop {option} or add --format onnx"
+            )
+    if options.opset is not None:
+        from .onnx_graphs import check_opset  # imports torch: only when exporting
+
+        check_opset(options.opset)
+    for f in map(get_format, names):
         if options.precision not in f.precisions:
             raise ValueError(
                 f"--format {f.name} has no {options.precision} export (it has {', '.join(f.precisions)}); "
@@ -175,9 +203,6 @@ def check_options(formats: Sequence[str], options: ExportOptions) -> None:
                 f"--format {f.name} has no int8 export: drop --quantize, or export {f.name} separately without it"
             )
         f.writer().require()
-    from .static_decoder import check_max_points  # imports torch: only when exporting
-
-    check_max_points(options.max_points)
 
 
 def pairs(files: Mapping[str, Path], precision: str) -> list[tuple[str, Path, Path]]:

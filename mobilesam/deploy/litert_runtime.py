@@ -16,7 +16,7 @@ import numpy as np
 
 from ..transforms import ResizeLongestSide
 from .interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, NAMES, PATCH
-from .runtime import StaticPredictor, check_inputs, check_pair, require_export
+from .runtime import ExportFileError, StaticPredictor, check_inputs, check_pair, check_role, loading, require_export
 
 SIGNATURE = "serving_default"  # litert-torch's default signature name, what `get_signature_runner()` picks
 
@@ -28,12 +28,15 @@ def _runner(path: str | os.PathLike, threads: int | None, role: str) -> Any:
     except ImportError as e:
         raise ImportError("LiteRtPredictor needs ai-edge-litert: pip install 'mobilesam[litert]'") from e
     require_export(path, "litert")
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    with loading(path, "LiteRT"):
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
     signatures = interpreter.get_signature_list()
     sig = signatures.get(SIGNATURE)
     inputs, outputs = NAMES[role]
+    if sig is not None:
+        check_role(path, role, sorted(sig["inputs"]), {r: sorted(names[0]) for r, names in NAMES.items()})
     if sig is None or sorted(sig["inputs"]) != sorted(inputs) or sorted(sig["outputs"]) != sorted(outputs):
-        raise ValueError(
+        raise ExportFileError(
             f"{path} has signatures {signatures}, not `{SIGNATURE}` with inputs {list(inputs)} and outputs "
             f"{list(outputs)}: it was not written by `mobilesam export --format litert`; export it again"
         )
@@ -62,7 +65,9 @@ class LiteRtPredictor(StaticPredictor):
         image, decoder = _shapes(self.encoder), _shapes(self.decoder)
         self.img_size = image["image"][-1]  # 1 x 3 x S x S
         embedding_side = decoder["image_embeddings"][-1]  # 1 x 256 x g x g
-        check_pair(encoder_path, decoder_path, {"img_size": self.img_size}, {"img_size": embedding_side * PATCH})
+        self.export = check_pair(
+            encoder_path, decoder_path, {"img_size": self.img_size}, {"img_size": embedding_side * PATCH}
+        )
         self.max_points = decoder["point_coords"][1]  # 1 x P x 2
         check_inputs(encoder_path, "encoder", image, self.img_size, self.max_points)
         check_inputs(decoder_path, "decoder", decoder, self.img_size, self.max_points)

@@ -17,11 +17,14 @@ from .interface import ONNX_DECODER_INPUTS, ONNX_ENCODER_INPUTS
 from .runtime import (
     DeployResults,
     Embedding,
+    ExportFileError,
     RuntimePredictor,
     assemble,
     check_pair,
+    check_role,
     checked_prompts,
     each_object,
+    loading,
     object_prompts,
     require_export,
 )
@@ -40,13 +43,14 @@ def _session(path: str | os.PathLike, threads: int | None, providers: Sequence[s
         options.intra_op_num_threads = threads
     if not spin:  # idle threads sleep instead of busy-waiting for the next run, leaving the cores to other work
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+    with loading(path, "ONNX Runtime"):
+        return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
 def _img_size(session: Any, path: str | os.PathLike) -> int:
     meta = session.get_modelmeta().custom_metadata_map
     if "img_size" not in meta:
-        raise ValueError(
+        raise ExportFileError(
             f"{path} carries no img_size in its metadata: it was not written by `mobilesam export`; export it again"
         )
     return int(meta["img_size"])
@@ -74,8 +78,11 @@ class OnnxPredictor(RuntimePredictor):
     ) -> None:
         self.encoder = _session(encoder_path, threads, providers, spin)
         self.decoder = _session(decoder_path, threads, providers, spin)
+        roles = {"encoder": list(ONNX_ENCODER_INPUTS), "decoder": list(ONNX_DECODER_INPUTS)}
+        for path, session, role in ((encoder_path, self.encoder, "encoder"), (decoder_path, self.decoder, "decoder")):
+            check_role(path, role, [i.name for i in session.get_inputs()], roles)
         self.img_size = _img_size(self.encoder, encoder_path)
-        check_pair(
+        self.export = check_pair(
             encoder_path, decoder_path, {"img_size": self.img_size}, {"img_size": _img_size(self.decoder, decoder_path)}
         )
         self.num_masks = int(self.decoder.get_modelmeta().custom_metadata_map.get("num_masks", 4))
@@ -86,7 +93,7 @@ class OnnxPredictor(RuntimePredictor):
         image = load_image(source)
         resized = np.asarray(resize_image(image, self.img_size))
         (features,) = self.encoder.run(None, dict(zip(ONNX_ENCODER_INPUTS, [resized])))
-        return Embedding(features, image.shape[:2], resized.shape[:2], image)
+        return Embedding(features, image.shape[:2], resized.shape[:2], image, self.export)
 
     def _decode_object(
         self, emb: Embedding, coords: np.ndarray, labels: np.ndarray, box: np.ndarray | None
@@ -113,6 +120,7 @@ class OnnxPredictor(RuntimePredictor):
         multimask_output: bool = False,
     ) -> OnnxResults:
         """Masks for prompts on an embedded image; prompts as in `predict`."""
+        self.check_embedding(emb)
         pts, labs, boxes = checked_prompts(points, labels, bboxes, emb.original_size)
         if multimask_output and self.num_masks == 1:
             raise ValueError("this decoder was exported with --single-mask; export without it for multimask output")

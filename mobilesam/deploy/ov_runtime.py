@@ -20,7 +20,7 @@ import numpy as np
 
 from ..transforms import ResizeLongestSide
 from .interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, static_shapes
-from .runtime import StaticPredictor, check_inputs, check_pair, require_export
+from .runtime import ExportFileError, StaticPredictor, check_inputs, check_pair, check_role, loading, require_export
 
 RT_SECTION = "mobilesam"  # rt_info section holding role, img_size, max_points, precision and the export's stamp
 HINTS = {"fp32": "f32", "fp16": "f16"}  # file precision -> INFERENCE_PRECISION_HINT
@@ -56,18 +56,18 @@ def _read(ov_core: Any, path: str | os.PathLike, role: str) -> tuple[Any, dict[s
     path = Path(path)
     for p in (path, path.with_suffix(".bin")):
         require_export(p, "openvino")
-    model = ov_core.read_model(str(path))
+    with loading(path, "OpenVINO"):
+        model = ov_core.read_model(str(path))
     keys = ("role", "img_size", "max_points", "precision")
     if not all(model.has_rt_info([RT_SECTION, k]) for k in keys):
-        raise ValueError(
+        raise ExportFileError(
             f"{path} has no `{RT_SECTION}` rt_info: it was not written by `mobilesam export --format openvino`; "
             "export it again"
         )
     meta = {k: model.get_rt_info([RT_SECTION, k]).astype(str) for k in keys}
-    if meta["role"] != role:
-        raise ValueError(f"{path} is a {meta['role']}, not the {role} of a `mobilesam export --format openvino`")
+    check_role(path, role, meta["role"], {"encoder": "encoder", "decoder": "decoder"})
     if meta["precision"] not in HINTS:
-        raise ValueError(f"{path} is of precision {meta['precision']!r}, which this predictor does not know")
+        raise ExportFileError(f"{path} is of precision {meta['precision']!r}, which this predictor does not know")
     return model, meta
 
 
@@ -97,7 +97,9 @@ class OpenVinoPredictor(StaticPredictor):
         enc, enc_meta = _read(shared, encoder_path, "encoder")
         dec, dec_meta = _read(shared, decoder_path, "decoder")
         pair = ("img_size", "precision")
-        check_pair(encoder_path, decoder_path, {k: enc_meta[k] for k in pair}, {k: dec_meta[k] for k in pair})
+        self.export = check_pair(
+            encoder_path, decoder_path, {k: enc_meta[k] for k in pair}, {k: dec_meta[k] for k in pair}
+        )
         self.img_size, self.max_points = int(enc_meta["img_size"]), int(dec_meta["max_points"])
         # The encoder's batch is free in today's exports (fixed at 1 in earlier ones: those embed one at a time)
         (name,) = ENCODER_INPUTS

@@ -9,7 +9,7 @@ Prompt parsing and checks come from `mobilesam.prompts` (the facade's), the resi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,51 +21,19 @@ from ..io import ImageSource, image_batches, load_image
 from ..prompts import PromptError, check_inside, parse_prompts
 from ..transforms import PIXEL_MEAN, PIXEL_STD, preprocess_shape, resize_image
 from ..viz import overlay, save_picture
-from .interface import static_shapes
+from .checks import (  # noqa: F401  (the runtimes' and old callers' names)
+    ExportFileError,
+    check_inputs,
+    check_pair,
+    check_role,
+    check_sidecar,
+    loading,
+    require_export,
+    sidecar_of,
+)
+from .interface import EMBED_DIM, PATCH
 
 MASK_THRESHOLD = 0.0
-
-
-def require_export(path: str | os.PathLike, fmt: str) -> Path:
-    """`path` when it is a file; else an error naming the `mobilesam export` that writes it."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; write it with `mobilesam export CHECKPOINT --out DIR --format {fmt}`"
-        )
-    return Path(path)
-
-
-def check_pair(
-    encoder_path: str | os.PathLike,
-    decoder_path: str | os.PathLike,
-    encoder: Mapping[str, object],
-    decoder: Mapping[str, object],
-) -> None:
-    """Refuses an encoder and a decoder of two exports: what both files say about themselves (img_size, and
-    precision where the files record it) must agree."""
-    for key in [k for k in encoder if k in decoder]:
-        if encoder[key] != decoder[key]:
-            raise ValueError(
-                f"{encoder_path} was exported for {key}={encoder[key]} but {decoder_path} for {key}={decoder[key]}; "
-                "use the two files of one export"
-            )
-
-
-def check_inputs(
-    path: str | os.PathLike,
-    role: str,
-    inputs: Mapping[str, tuple[int, ...]],
-    img_size: int,
-    max_points: int,
-    batch: int = 1,
-) -> None:
-    """Refuses a static graph whose inputs (name -> shape) are not the interface's for its img_size and max_points."""
-    want, _ = static_shapes(role, img_size, max_points, batch)
-    if dict(inputs) != want:
-        raise ValueError(
-            f"{path} takes inputs {dict(inputs)}, not {want} (the {role} of img_size={img_size}, "
-            f"max_points={max_points}): export it again"
-        )
 
 
 def masks_to_boxes_np(masks: np.ndarray) -> np.ndarray:
@@ -119,6 +87,7 @@ class Embedding(NamedTuple):
     original_size: tuple[int, int]  # (H, W) of the image
     input_size: tuple[int, int]  # (h, w) after resizing, long side = img_size
     image: np.ndarray  # HxWx3 uint8 RGB
+    export: str = ""  # the predictor that made it (its encoder file and img_size); "" for one made by hand
 
 
 def normalize_pad(resized: np.ndarray, img_size: int) -> np.ndarray:
@@ -265,7 +234,25 @@ def assemble(
 
 class RuntimePredictor:
     """What every runtime predictor shares on top of its own `embed(image) -> Embedding` and
-    `decode(embedding, points, labels, bboxes, multimask_output) -> DeployResults`: `predict` over images."""
+    `decode(embedding, points, labels, bboxes, multimask_output) -> DeployResults`: `predict` over images, and the
+    check that an embedding is one this predictor can decode."""
+
+    img_size: int
+    export: str = ""  # `check_pair`'s identity of the encoder and decoder
+
+    def check_embedding(self, emb: Embedding) -> None:
+        """Refuses an embedding another export's predictor made, or one of another size."""
+        if emb.export and self.export and emb.export != self.export:
+            raise ValueError(
+                f"this embedding was made by another export's encoder ({emb.export}), not this predictor's "
+                f"({self.export}): embed the image with this predictor, or decode with the one that embedded it"
+            )
+        g = self.img_size // PATCH
+        if tuple(np.shape(emb.features)) != (1, EMBED_DIM, g, g):
+            raise ValueError(
+                f"this embedding is {tuple(np.shape(emb.features))}, not the (1, {EMBED_DIM}, {g}, {g}) of this "
+                f"predictor's img_size={self.img_size}: embed the image with this predictor"
+            )
 
     def embed_images(self, sources: Sequence[ImageSource]) -> list[Embedding]:
         """Embeds images in one encoder call where the runtime's encoder takes a batch (see `StaticPredictor`);
@@ -331,7 +318,10 @@ class StaticPredictor(RuntimePredictor):
         resized = [np.asarray(resize_image(im, self.img_size)) for im in images]
         batch = np.concatenate([normalize_pad(r, self.img_size) for r in resized])
         features = np.asarray(self._encode_batch(batch), np.float32)
-        return [Embedding(f[None], im.shape[:2], r.shape[:2], im) for f, im, r in zip(features, images, resized)]
+        return [
+            Embedding(f[None], im.shape[:2], r.shape[:2], im, self.export)
+            for f, im, r in zip(features, images, resized)
+        ]
 
     def _decode_object(
         self, emb: Embedding, coords: np.ndarray, labels: np.ndarray, box: np.ndarray | None
@@ -359,6 +349,7 @@ class StaticPredictor(RuntimePredictor):
         multimask_output: bool = False,
     ) -> DeployResults:
         """Masks for prompts on an embedded image; prompts as in `predict`."""
+        self.check_embedding(emb)
         pts, labs, boxes = checked_prompts(points, labels, bboxes, emb.original_size)
         sl = slice(1, 4) if multimask_output else slice(0, 1)  # mask 0 single-mask, 1-3 multimask
         outputs = []

@@ -99,7 +99,7 @@ def test_a_failing_format_leaves_no_file_and_no_weights(small_checkpoint, model,
         (["executorch"], formats.ExportOptions(precision="fp16"), r"--format executorch has no fp16 export"),
         (["openvino"], formats.ExportOptions(quantize=True), r"--format openvino has no int8 export"),
         (["onnx"], formats.ExportOptions(precision="bf16"), r"precision='bf16': choose from fp32, fp16"),
-        (["onnx"], formats.ExportOptions(max_points=1), r"max_points=1 must be at least 2"),
+        (["onnx"], formats.ExportOptions(max_points=1), r"--max-points 1 is out of range: choose an integer from 2"),
     ],
 )
 def test_options_a_format_does_not_have_are_refused_before_any_work(names, options, match):
