@@ -125,8 +125,9 @@ def test_openvino_graph_not_sam(exported_small, tmp_path: Path) -> None:
     from openvino import opset13
 
     _, enc, dec = _export(exported_small, "openvino", tmp_path)
-    x = opset13.parameter([1], ov.Type.f32, name="x")
+    x = opset13.parameter([256], ov.Type.f32, name="x")
+    y = opset13.add(x, opset13.constant(np.arange(256, dtype=np.float32)))  # weights: a non-empty .bin
     other = tmp_path / "other.xml"
-    ov.save_model(ov.Model([opset13.relu(x)], [x], "other"), other)
+    ov.save_model(ov.Model([y], [x], "other"), other)
     with pytest.raises(ExportFileError, match=f"{other} has no `mobilesam` rt_info: it was not written by"):
         load_predictor(other, dec)
