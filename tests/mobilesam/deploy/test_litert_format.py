@@ -159,7 +159,7 @@ def test_predictor_refuses_files_of_another_img_size_or_role(exported, tmp_path)
     (tmp_path / "decoder.tflite").write_bytes(convert(_NamedDecoder(other), dict(zip(DECODER_INPUTS, args))))
     with pytest.raises(ValueError, match=r"img_size=256 but .* img_size=320; use the two files of one export"):
         LiteRtPredictor(enc, tmp_path / "decoder.tflite")
-    with pytest.raises(ValueError, match="not written by `mobilesam export --format litert`"):
+    with pytest.raises(ValueError, match="is the encoder of an export, not its decoder"):
         LiteRtPredictor(enc, enc)
     with pytest.raises(FileNotFoundError, match="mobilesam export CHECKPOINT --out DIR --format litert"):
         LiteRtPredictor(tmp_path / "missing.tflite", dec)

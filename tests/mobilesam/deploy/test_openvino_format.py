@@ -203,7 +203,7 @@ def test_predictor_refuses_files_of_another_img_size_role_or_export(exported, tm
     save(convert(other, args, DECODER_INPUTS, DECODER_OUTPUTS), tmp_path / "decoder.xml", "fp32", meta)
     with pytest.raises(ValueError, match=r"img_size=256 but .* img_size=320; use the two files of one export"):
         OpenVinoPredictor(enc, tmp_path / "decoder.xml")
-    with pytest.raises(ValueError, match="is a encoder, not the decoder"):
+    with pytest.raises(ValueError, match="is the encoder of an export, not its decoder"):
         OpenVinoPredictor(enc, enc)
     with pytest.raises(ValueError, match="precision=fp32 but .* precision=fp16"):
         OpenVinoPredictor(enc, _files(exported, "fp16")[1])
