@@ -110,6 +110,9 @@ FORMATS: dict[str, Format] = {
                "onnx", precisions=("fp32",), aliases=("x-anylabeling",)),
         Format("osam", "osam (labelme)", (".onnx", ".json"), "osam", "", "onnxruntime", "onnx",
                precisions=("fp32",)),
+        # the browser: a static page running the ONNX graphs with onnxruntime-web (`mobilesam web DIR` serves it)
+        Format("web", "onnxruntime-web", (".onnx", ".html"), "web", "", "onnxruntime", "onnx", int8=True,
+               note=" static page; serve with `mobilesam web DIR`"),
     )
 }  # fmt: skip
 ALIASES = {alias: f.name for f in FORMATS.values() for alias in (f.name, *f.aliases)}  # every accepted name

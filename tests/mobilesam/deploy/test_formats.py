@@ -25,13 +25,14 @@ from mobilesam.deploy.runtime import RuntimePredictor
 
 def test_every_row_names_its_writer_predictor_and_files():
     suffixes = [f.suffix for f in FORMATS.values() if f.predictor]
-    assert list(FORMATS) == ["onnx", "executorch", "openvino", "litert", "coreml", "anylabeling", "osam"]
+    assert list(FORMATS) == ["onnx", "executorch", "openvino", "litert", "coreml", "anylabeling", "osam", "web"]
     assert len(set(suffixes)) == len(suffixes)  # the suffix picks the runtime
     for f in FORMATS.values():
         writer = f.writer()
         assert callable(writer.require) and callable(writer.write) and writer.SUFFIX == f.suffix, f.name
-        if not f.predictor:  # an annotation tool runs its files (test_annotation_tools.py)
-            assert by_suffix(f.suffix) is not f and f.precisions == ("fp32",), f.name
+        if not f.predictor:  # a tool or the browser runs its files (test_annotation_tools.py, test_web.py)
+            assert by_suffix(f.suffix) is not f, f.name
+            assert f.precisions == (("fp32", "fp16") if f.name == "web" else ("fp32",)), f.name
             continue
         assert by_suffix(f.suffix) is f and by_suffix(f.suffix.upper()) is f
         cls = f.predictor_class()  # numpy, Pillow and the runtime's own import only when built
