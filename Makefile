@@ -35,13 +35,16 @@ web/node_modules/.installed: web/package-lock.json  ## onnxruntime-web for --for
 
 TOOLS := .venv/tools/anylabeling/.installed .venv/tools/x-anylabeling/.installed
 
-.PHONY: demo test docs lint
+.PHONY: demo test test-fast docs lint
 demo: .venv/.installed-train  ## the main job on its embedded default
 	$(PY) train.py
 
 test: .venv/.installed-test web/node_modules/.installed $(TOOLS)  ## the documentation site, strictly (a broken link fails), then the test suite (CPU)
 	$(PY) -m mkdocs build --strict --quiet
 	$(PY) -m pytest -q --durations=15
+
+test-fast: .venv/.installed-test  ## the developers' inner loop: the suite without what is marked slow (CI runs it all)
+	$(PY) -m pytest -q -m "not slow"
 
 docs: .venv/.installed-docs  ## the documentation site, into site/
 	$(PY) -m mkdocs build --strict
