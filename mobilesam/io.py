@@ -97,7 +97,8 @@ def _decode_file(fp: str | os.PathLike | BinaryIO, name: str) -> np.ndarray:
             f"refusing to decode image {name}: {e}. Pillow's limit (Image.MAX_IMAGE_PIXELS = "
             f"{Image.MAX_IMAGE_PIXELS} pixels) guards against decompression bombs; raise it if you trust the file"
         ) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as e:
+        # ImportError: a third party's patch of `Image.open` (Ultralytics') reaching for an optional plugin (pi_heif)
         raise ImageReadError(f"cannot read image {name}: {e}") from e
 
 

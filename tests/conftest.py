@@ -10,6 +10,7 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # Ultralytics must never pip-install during a test
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

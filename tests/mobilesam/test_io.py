@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -92,3 +94,21 @@ def test_image_bytes_decode_by_the_same_rule_as_files(tmp_path):
     assert decode_image(u16.read_bytes())[..., 0].tolist() == [[0, 64], [128, 255]]  # stretched min..max
     with pytest.raises(ImageReadError, match="cannot read image sa_7.jpg"):
         decode_image(b"\0" * 64, "sa_7.jpg")
+
+
+def test_unreadable_bytes_are_one_error_even_with_ultralytics_patching_pillow():
+    """Ultralytics replaces `PIL.Image.open` on import with a version that reaches for the optional `pi_heif` on any
+    unidentified image: bytes that are no image still end in `ImageReadError`, whatever was imported first."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ultralytics.utils.patches\n"
+        "from mobilesam.io import ImageReadError, decode_image\n"
+        "try:\n    decode_image(b'\\0' * 64, 'sa_7.jpg')\n"
+        "except ImageReadError as e:\n    print('refused:', e)\n"
+    )
+    env = {**os.environ, "YOLO_AUTOINSTALL": "false", "YOLO_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "refused: cannot read image sa_7.jpg" in done.stdout
