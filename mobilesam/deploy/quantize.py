@@ -21,6 +21,9 @@ def xnnpack_quantizer(qat: bool = False, keep_float: Sequence[str] = ()) -> Any:
     )
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
-    for name in keep_float:
-        quantizer.set_module_name(name, None)
+    if keep_float:
+        from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+        kept = [get_module_name_filter(name) for name in keep_float]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in kept))
     return quantizer
