@@ -196,7 +196,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    from .deploy.formats import FORMATS, PRECISIONS
+    from .deploy.formats import CALIBRATION_IMAGES, FORMATS, PRECISIONS
 
     formats = FORMATS.values()
     p.add_argument("source", help="mobile_sam.pt, a SAM checkpoint (sam_vit_b_01ec64.pth, ...) or a training .ckpt")
@@ -229,6 +229,19 @@ def _add_export(p: argparse.ArgumentParser) -> None:
         help=f"also write the int8 files of {', '.join(f.name for f in formats if f.int8)} (alone: implies --onnx)",
     )
     p.add_argument(
+        "--calibration",
+        default=None,
+        metavar="DIR",
+        help="int8: calibrate on the images of DIR (a folder of images, or of training shards *.tar; default: "
+        "generated images, worse int8)",
+    )
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        default=None,
+        help=f"int8: how many calibration images (default {CALIBRATION_IMAGES})",
+    )
+    p.add_argument(
         "--img-size",
         type=int,
         default=None,
@@ -258,6 +271,8 @@ def _run_export(args: argparse.Namespace) -> int:
         formats=args.format,
         max_points=args.max_points,
         precision=args.precision,
+        calibration=args.calibration,
+        calibration_images=args.calibration_images,
     )
     for role, path in written.items():
         fmt = by_suffix(path.suffix)

@@ -42,6 +42,8 @@ def export(
     max_points: int | None = None,
     precision: str = "fp32",
     verbose: bool = True,
+    calibration: str | os.PathLike | None = None,
+    calibration_images: int | None = None,
 ) -> dict[str, Path]:
     """Writes the official weights file and its sidecar, and the deployment files of `formats`, into `out_dir`.
 
@@ -63,12 +65,15 @@ def export(
             `mobilesam.deploy.static_decoder.DEFAULT_MAX_POINTS`).
         precision: "fp32" or "fp16" (`_fp16` files, for the formats that have half precision).
         verbose: print what each writer reports (ExecuTorch's delegation summary).
+        calibration: int8: a folder of images or shards to calibrate on (default: generated images).
+        calibration_images: int8: how many calibration images (default
+            `mobilesam.deploy.formats.CALIBRATION_IMAGES`).
 
     Returns:
         Role -> written path: "weights", "sidecar", ONNX's "encoder", "decoder" (and "_int8"), and
         "{format}_{role}" for the other formats ("openvino_encoder", "executorch_decoder_int8", ...).
     """
-    from .deploy.formats import ExportOptions, check_formats, check_options
+    from .deploy.formats import CALIBRATION_IMAGES, ExportOptions, check_formats, check_options
     from .deploy.static_decoder import DEFAULT_MAX_POINTS
 
     formats = check_formats(formats, onnx=onnx or (quantize and not formats))
@@ -80,6 +85,8 @@ def export(
         single_mask=single_mask,
         verbose=verbose,
         img_size=img_size,
+        calibration=None if calibration is None else str(calibration),
+        calibration_images=CALIBRATION_IMAGES if calibration_images is None else calibration_images,
     )
     check_options(formats, options)  # refuse a bad option or a missing runtime before the slow part
     src = open_checkpoint(source, img_size)

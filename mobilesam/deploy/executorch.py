@@ -21,10 +21,11 @@ from torch import Tensor, nn
 
 from ..files import write_bytes
 from ..modeling import Sam
-from ..transforms import PIXEL_MEAN, PIXEL_STD
+from .calibration import Calibration, generated_images, read_calibration
 from .formats import FORMATS, file_name
 from .interface import describe
 from .lowering import DECOMPOSITIONS, INT8_DECOMPOSITIONS, replace_layer_norms, xnnpack_encoder
+from .quantize import keep_float_for, ptq
 from .static_decoder import DEFAULT_MAX_POINTS, StaticDecoder, example_inputs
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ PTE_NAMES = {role: file_name(role, SUFFIX) for role in ("encoder", "decoder")}
 PTE_INT8_NAMES = {role: file_name(f"{role}_int8", SUFFIX) for role in ("encoder", "decoder")}
 # ops that must run in XNNPACK (edge-dialect names, as in `get_delegation_info`'s table)
 HEAVY_OPS = ("convolution", "linear", "addmm", "mm", "bmm", "layer_norm", "softmax", "scaled_dot_product_attention")
-CALIBRATION_IMAGES = 4
+CALIBRATION_IMAGES = 4  # generated images, the int8 path before real calibration (the benchmark's baseline)
 
 
 def require() -> None:
@@ -49,37 +50,8 @@ def require() -> None:
 
 
 def calibration_images(img_size: int, n: int = CALIBRATION_IMAGES, seed: int = 0) -> list[Tensor]:
-    """Generated calibration images for int8 PTQ: smooth colour gradients with random discs and noise,
-    normalised like real images (1x3xSxS, values mostly within SAM's normalised range)."""
-    g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.linspace(0, 1, img_size), torch.linspace(0, 1, img_size), indexing="ij")
-    out = []
-    for _ in range(n):
-        base = torch.rand(3, 1, 1, generator=g) * 255 * (1 - ys) + torch.rand(3, 1, 1, generator=g) * 255 * xs
-        for _ in range(6):
-            cy, cx, r = torch.rand(3, generator=g)
-            disc = ((ys - cy) ** 2 + (xs - cx) ** 2) < (0.3 * r) ** 2
-            base = torch.where(disc, torch.rand(3, 1, 1, generator=g) * 255, base)
-        img = (base + torch.randn(3, img_size, img_size, generator=g) * 8).clamp(0, 255)
-        mean, std = torch.tensor(PIXEL_MEAN).view(3, 1, 1), torch.tensor(PIXEL_STD).view(3, 1, 1)
-        out.append(((img - mean) / std)[None])
-    return out
-
-
-def _quantize(module: nn.Module, args: tuple[Tensor, ...], calibration: list[tuple[Tensor, ...]]) -> nn.Module:
-    """XNNPACK static int8 PTQ (per-channel weights, per-tensor activations) calibrated on `calibration`."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    graph = torch.export.export(module, args).module()
-    prepared = prepare_pt2e(graph, quantizer)
-    for inputs in calibration:
-        prepared(*inputs)
-    return convert_pt2e(prepared)
+    """Generated calibration images (`calibration.generated_images`): the fallback when no real images are given."""
+    return generated_images(img_size, n, seed)
 
 
 def lower(
@@ -138,15 +110,19 @@ def export_executorch(
     quantize: bool = False,
     max_points: int = DEFAULT_MAX_POINTS,
     verbose: bool = True,
+    calibration: Calibration | None = None,
+    keep_float: bool = True,
 ) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
     """Writes `encoder.pte` and `decoder.pte` (and with `quantize` `encoder_int8.pte`, `decoder_int8.pte`).
 
     Args:
         model: the SAM model (any variant, any img_size), in eval mode; it is not modified.
         out_dir: output folder.
-        quantize: also write int8 programs (XNNPACK static PTQ, calibrated on `calibration_images`).
+        quantize: also write int8 programs (XNNPACK static PTQ, per-channel weights).
         max_points: prompt points per object the decoder holds (a box takes two).
         verbose: print each program's delegation summary.
+        calibration: the int8 calibration images (`calibration.read_calibration`); None: generated ones.
+        keep_float: keep `quantize.keep_float_for`'s layers (the layer norms) float; False quantizes all it can.
 
     Returns:
         Role ("encoder", "decoder", "encoder_int8", "decoder_int8") -> path, and file name -> its delegation
@@ -167,12 +143,14 @@ def export_executorch(
     consts = {"img_size": s, "max_points": max_points, "num_masks": model.mask_decoder.num_mask_tokens}
     jobs = [(role, modules[role], PTE_NAMES[role]) for role in ("encoder", "decoder")]
     if quantize:
+        images = (calibration or read_calibration(None, s)).images
         calib = {
-            "encoder": [(x,) for x in calibration_images(s)],
-            "decoder": [_decoder_calibration(modules["encoder"], x, max_points) for x in calibration_images(s)],
+            "encoder": [(x,) for x in images],
+            "decoder": [_decoder_calibration(modules["encoder"], x, max_points) for x in images],
         }
         for role in ("encoder", "decoder"):
-            q = _quantize(modules[role], ex[role], calib[role])
+            kept = keep_float_for(modules[role]) if keep_float else []
+            q = ptq(modules[role], ex[role], calib[role], keep_float=kept)
             jobs.append((f"{role}_int8", q, PTE_INT8_NAMES[role]))
     out = Path(out_dir)
     staged: dict[str, tuple[bytes, Path]] = {}
@@ -206,8 +184,18 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     """The format's writer (`mobilesam.deploy.formats`): role -> path, and the sidecar's description."""
     if options.precision != "fp32":
         raise ValueError(f"ExecuTorch programs are fp32 (or int8 with quantize), not {options.precision}")
+    calibration = None
+    if options.quantize:
+        calibration = read_calibration(options.calibration, model.img_size, options.calibration_images)
+        if options.verbose and calibration.generated:
+            print("int8: calibrated on generated images (no --calibration given): real images give better int8")
     pte, delegation = export_executorch(
-        model, out_dir, quantize=options.quantize, max_points=options.max_points, verbose=options.verbose
+        model,
+        out_dir,
+        quantize=options.quantize,
+        max_points=options.max_points,
+        verbose=options.verbose,
+        calibration=calibration,
     )
     info = {
         **describe(options.max_points),
@@ -215,4 +203,7 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
         "int8": options.quantize,
         "delegation": delegation,
     }
+    if calibration is not None:
+        info["int8_calibration"] = calibration.source
+        info["int8_float_layers"] = "layer norms (mobilesam.deploy.quantize.keep_float_for)"
     return pte, info

@@ -129,6 +129,9 @@ def by_suffix(suffix: str) -> Format | None:
     return next((f for f in FORMATS.values() if f.predictor and f.suffix == suffix.lower()), None)
 
 
+CALIBRATION_IMAGES, MAX_CALIBRATION_IMAGES = 16, 1024  # int8 calibration images: default, most
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """What a writer may use; each uses the fields that apply to its format."""
@@ -141,6 +144,8 @@ class ExportOptions:
     stamp: Mapping[str, object] = field(default_factory=dict)  # metadata for formats that carry it
     verbose: bool = True
     img_size: int | None = None  # `--img-size`, when given (checked here; the model is built with it)
+    calibration: str | None = None  # int8: a folder of images or shards to calibrate on (None: generated images)
+    calibration_images: int = CALIBRATION_IMAGES  # int8: how many of them
 
 
 MAX_POINTS = 64  # the most prompt slots a static decoder may hold (each costs time on every decode)
@@ -176,7 +181,8 @@ def check_formats(formats: Sequence[str] | str, onnx: bool = False) -> list[str]
 def check_options(formats: Sequence[str], options: ExportOptions) -> None:
     """Refuses, before any work, every option out of range or that no format asked for takes: `--max-points`
     (2 to `MAX_POINTS`), `--opset` (the exporter's range; onnx only), `--single-mask` (onnx only), `--img-size` (a
-    positive multiple of 16), the precision, `--quantize` for a format without int8, and a missing runtime."""
+    positive multiple of 16), the precision, `--quantize` for a format without int8, `--calibration` without
+    `--quantize` or not a folder, and a missing runtime."""
     from ..variants import check_img_size
 
     _check_int(options.max_points, "--max-points", 2, MAX_POINTS, "points per object; a box takes two")
@@ -185,6 +191,7 @@ def check_options(formats: Sequence[str], options: ExportOptions) -> None:
     if options.precision not in PRECISIONS:
         raise ValueError(f"precision={options.precision!r}: choose from {', '.join(PRECISIONS)}")
     names = [get_format(name).name for name in formats]
+    _check_calibration(options)
     for option, used in (("--opset", options.opset is not None), ("--single-mask", options.single_mask)):
         if used and not set(names) & set(OPSET_FORMATS):
             raise ValueError(
@@ -206,6 +213,21 @@ def check_options(formats: Sequence[str], options: ExportOptions) -> None:
                 f"--format {f.name} has no int8 export: drop --quantize, or export {f.name} separately without it"
             )
         f.writer().require()
+
+
+def _check_calibration(options: ExportOptions) -> None:
+    """`--calibration` and `--calibration-images` apply to int8 files: a folder, and a count in range."""
+    n = options.calibration_images
+    if options.calibration is None and n == CALIBRATION_IMAGES:
+        return
+    if not options.quantize:
+        raise ValueError("--calibration and --calibration-images apply to int8 files: add --quantize, or drop them")
+    _check_int(n, "--calibration-images", 1, MAX_CALIBRATION_IMAGES, "images the int8 activations are calibrated on")
+    if options.calibration is not None and not Path(options.calibration).is_dir():
+        raise ValueError(
+            f"--calibration {options.calibration} is not a folder: pass a folder of images (jpg, png, ...) or of "
+            "shards (*.tar), or leave it out to calibrate on generated images"
+        )
 
 
 def pairs(files: Mapping[str, Path], precision: str) -> list[tuple[str, Path, Path]]:

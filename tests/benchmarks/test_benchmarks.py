@@ -33,6 +33,7 @@ QUICK = {
     "train": (("mobile_sam",), "two training steps at 1024 (~25 s of CPU)"),
     "finetune": (("lightning", "webdataset"), "Lightning and a teacher precompute (~20 s of CPU)"),
     "runtimes": (("onnxruntime", "onnxscript"), "an ONNX export with its check (~25 s of CPU)"),
+    "quantization": (("executorch", "webdataset"), "an int8 quantization and two ExecuTorch lowerings"),
     "students": (("onnxruntime", "onnxscript"), "an ONNX export of each student's encoder"),
     "web": (("onnxruntime", "onnxscript", "selenium", "bin:chromium", "bin:chromedriver"), "a web export and Chromium"),
 }
