@@ -8,6 +8,7 @@ Prompt parsing and checks come from `mobilesam.prompts` (the facade's), the resi
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -155,17 +156,46 @@ def _taps(in_size: int, out_size: int, keep: int) -> tuple[np.ndarray, np.ndarra
     return i0, np.minimum(i0 + 1, in_size - 1), (src - i0).astype(np.float32)
 
 
-def _resize_axis(x: np.ndarray, axis: int, out_size: int, keep: int | None = None) -> np.ndarray:
-    """Bilinear resize of one axis of `x` to `out_size`, returning its first `keep` samples (default all)."""
-    i0, i1, frac = _taps(x.shape[axis], out_size, out_size if keep is None else keep)
-    shape = [1] * x.ndim
-    shape[axis] = -1
-    frac = frac.reshape(shape)
-    out, right = x.take(i0, axis=axis), x.take(i1, axis=axis)  # in place from here: no more full-size arrays
-    out *= 1 - frac
-    right *= frac
-    out += right
-    return out
+SMALL_PRODUCT = 1 << 17  # rows x taps x columns of one block product: OpenBLAS runs one this small on one thread
+LAST_PASS_FLOATS = 1 << 18  # floats of the last pass held at once (1 MiB: it stays in the cache)
+
+
+class Banded(NamedTuple):
+    """One axis of SAM's mask resize as a banded matrix in blocks of `rows` outputs: block b is
+    `weights[b] @ x[taps[b]]` (x: the input samples along that axis, first)."""
+
+    weights: np.ndarray  # B x rows x K float32; rows past the output size are zero
+    taps: np.ndarray  # B x K indices of the K consecutive input samples block b reads
+    used: int  # input samples any output reads (the rest lie in the padding)
+
+
+@functools.lru_cache(maxsize=32)
+def _banded(low: int, img_size: int, crop: int, out: int, columns: int) -> Banded:
+    """SAM's resize of one axis (`low` samples upscaled to `img_size`, the first `crop` kept, resized to `out`) as
+    the product of its two interpolation matrices, with PyTorch's float32 taps and weights (composed in float64),
+    cut into row blocks whose product with `columns` columns stays small (`SMALL_PRODUCT`)."""
+    i0, i1, f = _taps(low, img_size, crop)
+    first = np.zeros((crop, low))
+    np.add.at(first, (np.arange(crop), i0), 1 - f.astype(np.float64))
+    np.add.at(first, (np.arange(crop), i1), f.astype(np.float64))
+    j0, j1, g = _taps(crop, out, out)
+    g = g.astype(np.float64)[:, None]
+    matrix = (1 - g) * first[j0] + g * first[j1]  # out x low, each row a convex combination of a few samples
+    nonzero = matrix != 0
+    lo, hi = nonzero.argmax(1), low - nonzero[:, ::-1].argmax(1)  # each output's band [lo, hi)
+    used = int(hi.max())
+    rows = 64
+    while True:
+        k = max(int(hi[r : r + rows].max() - lo[r : r + rows].min()) for r in range(0, out, rows))
+        if rows == 1 or rows * k * columns <= SMALL_PRODUCT:
+            break
+        rows //= 2
+    starts = np.minimum([lo[r : r + rows].min() for r in range(0, out, rows)], used - k)
+    weights = np.zeros((len(starts) * rows, k), np.float32)
+    for b, start in enumerate(starts):
+        block = matrix[b * rows : (b + 1) * rows, start : start + k]
+        weights[b * rows : b * rows + len(block)] = block
+    return Banded(weights.reshape(len(starts), rows, k), starts[:, None] + np.arange(k), used)
 
 
 def upscale_masks(
@@ -174,42 +204,38 @@ def upscale_masks(
     """MxSxS low-resolution logits of the padded frame -> MxHxW logits at the original size, or with a
     `threshold` the MxHxW bool masks `logits > threshold`.
 
-    SAM's postprocessing (upscale to img_size, remove the padding, upscale to (H, W)) one axis at a time, with
-    PyTorch's bilinear taps and weights and its order (along the width, then the height); only the img_size rows
-    and columns inside the crop are computed. The last pass, the largest, makes booleans directly: an output
-    between two rows on the same side of the threshold is on that side too (a convex combination), so only the
-    outputs between rows on either side (the mask border) are interpolated, with the same float32 operations as
-    the full pass (`_above_rows`).
+    SAM's postprocessing (upscale to img_size, remove the padding, upscale to (H, W)) is linear and separable:
+    along each axis one banded matrix (`_banded`; an output reads at most a few consecutive low-resolution
+    samples). It runs as block matrix products, along the width on the low-resolution rows, then along the height
+    to the full size, a cache-sized slab at a time that is thresholded before the next (no full-size float array
+    with a `threshold`). The logits equal PyTorch's two `F.interpolate` calls up to float rounding (the weights are
+    composed); the masks are exactly these logits `> threshold`. Each product is small enough for BLAS to run on
+    the calling thread (`SMALL_PRODUCT`): a thread pool per tiny product costs more than it saves on a busy machine.
     """
-    h, w = preprocess_shape(original_size[0], original_size[1], img_size)
-    x = low_res.astype(np.float32)
-    x = _resize_axis(_resize_axis(x, -1, img_size, keep=w), -2, img_size, keep=h)
-    x = _resize_axis(x, -1, original_size[1])
-    if threshold is None:
-        return _resize_axis(x, -2, original_size[0])
-    return _above_rows(x, original_size[0], threshold)
-
-
-DENSE_BORDER = 0.1  # above this fraction of rows pairs on either side of the threshold, interpolate everything
-
-
-def _above_rows(x: np.ndarray, out_size: int, threshold: float) -> np.ndarray:
-    """`_resize_axis(x, -2, out_size) > threshold` for MxHxW `x`, interpolating only the outputs whose two taps
-    disagree."""
-    above = x > threshold
-    # edge[:, i]: rows i and i + 1 lie on either side; outputs with taps (i, i + 1) must be interpolated
-    edge = np.zeros_like(above)
-    np.not_equal(above[:, :-1], above[:, 1:], out=edge[:, :-1])
-    if edge.mean() > DENSE_BORDER:  # noise-like logits (random weights): the border is everywhere
-        return _resize_axis(x, -2, out_size) > threshold
-    i0, i1, frac = _taps(x.shape[-2], out_size, out_size)
-    border = edge.take(i0, axis=-2)  # take: C-contiguous, so the flat indices below address it
-    border &= (i1 != i0)[:, None]
-    out = above.take(i0, axis=-2)
-    plane, row, col = np.unravel_index(np.flatnonzero(border), border.shape)
-    f = frac[row]
-    values = x[plane, i0[row], col] * (1 - f) + x[plane, i1[row], col] * f
-    out[plane, row, col] = values > threshold
+    out_h, out_w = original_size
+    h, w = preprocess_shape(out_h, out_w, img_size)
+    m, s = low_res.shape[0], low_res.shape[-1]
+    rows = _banded(s, img_size, h, out_h, out_w)
+    cols = _banded(s, img_size, w, out_w, m * rows.used)
+    x = np.asarray(low_res[:, : rows.used, : cols.used], np.float32)
+    # Along the width: (W x K blocks) @ (the used columns x M*rows), then back to M x rows x W
+    xt = np.ascontiguousarray(x.transpose(2, 0, 1)).reshape(cols.used, -1)
+    yt = np.matmul(cols.weights, xt[cols.taps]).reshape(-1, m, rows.used)[:out_w]
+    y = np.ascontiguousarray(yt.transpose(1, 2, 0))  # M x rows x W
+    # Along the height, `step` blocks of output rows at a time
+    out = np.empty((m, out_h, out_w), np.float32 if threshold is None else np.bool_)
+    blocks, r, _ = rows.weights.shape
+    step = max(1, LAST_PASS_FLOATS // (r * out_w))
+    slab = np.empty((step, r, out_w), np.float32)
+    for i in range(m):
+        for b in range(0, blocks, step):
+            e = min(blocks, b + step)
+            r0, r1 = b * r, min(out_h, e * r)
+            part = np.matmul(rows.weights[b:e], y[i][rows.taps[b:e]], out=slab[: e - b]).reshape(-1, out_w)
+            if threshold is None:
+                out[i, r0:r1] = part[: r1 - r0]
+            else:
+                np.greater(part[: r1 - r0], threshold, out=out[i, r0:r1])
     return out
 
 

@@ -41,3 +41,29 @@ def test_upscaled_masks_are_sams_and_the_boolean_pass_is_exact(kind, size):
     assert masks.dtype == np.bool_ and masks.shape == (3, *size)
     np.testing.assert_array_equal(masks, logits > 0)
     assert 0.01 < masks.mean() < 0.99
+
+
+@pytest.mark.parametrize("size", [(1500, 2250), (1333, 750)])
+def test_upscaled_masks_at_1024_are_pytorchs(size):
+    """At the deployed size (256 x 256 logits of the 1024 frame, an SA-1B photo): the logits are PyTorch's two
+    `F.interpolate` calls up to float rounding (1e-5 of the largest logit: PyTorch's float32 source coordinates
+    are off by that on some rows, as they were for the former numpy passes), and the masks the facade's
+    (`Sam.postprocess_masks` with the threshold, PyTorch's border-only pass) but where a logit is within that of 0."""
+    from mobilesam import build_sam
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:256, :256]
+    smooth = np.stack([30.0 - np.hypot(yy - 90, xx - 140) / 2, xx / 40.0 - 3.0]) + rng.standard_normal((2, 256, 256))
+    noise = 4 * rng.standard_normal((1, 256, 256))
+    low = np.concatenate([smooth, noise]).astype(np.float32)
+    logits = upscale_masks(low, 1024, size)
+    want = _sam_postprocess(low, 1024, size)
+    tol = 1e-5 * np.abs(low).max()
+    np.testing.assert_allclose(logits, want, rtol=0, atol=tol)
+    masks = upscale_masks(low, 1024, size, threshold=0.0)
+    np.testing.assert_array_equal(masks, logits > 0)
+    sam = build_sam("vit_t", img_size=1024)
+    with torch.no_grad():
+        facade = sam.postprocess_masks(torch.from_numpy(low)[None], preprocess_shape(*size, 1024), size, 0.0)[0]
+    assert (masks != facade.numpy()).sum() <= (np.abs(want) < tol).sum()
+    assert 0.1 < masks.mean() < 0.9
