@@ -9,8 +9,9 @@ ExecuTorch); each export passes the export check first. Then, interleaved in one
 - accuracy: the embedding's relative error (L2, as the export check) and mask pixel agreement with PyTorch over
   `--prompts` prompts (points and boxes), each runtime from its own embedding (median and worst).
 With int8 files, a second table sets each int8 pair against its own runtime's float pair (sizes, encoder time,
-embedding error, masks of the int8 decoder alone and of both). `--parts` times the static runtimes' decoder graph
-alone and the numpy normalise-and-pad of their encoder input. Core ML runs on macOS only: elsewhere its files are
+embedding error, masks of the int8 decoder alone and of both). `--parts` splits a decode in two: the static
+runtimes' decoder graphs and the numpy upscaling of their masks, beside PyTorch's decoder and `postprocess_masks`
+(and times the numpy normalise-and-pad of the encoder input). Core ML runs on macOS only: elsewhere its files are
 converted and sized, not timed. Random weights give noise-like logits, so mask agreement is a pessimistic figure.
 """
 
@@ -20,12 +21,16 @@ import argparse
 import statistics
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from benchmarks import timing
 from mobilesam.deploy.formats import FORMATS
+
+if TYPE_CHECKING:
+    from mobilesam import SamPredictor
 
 RUNTIME_NAMES = {name: f.runtime for name, f in FORMATS.items()}  # the format table's (LiteRT is `litert`)
 TORCH = "PyTorch (eager) fp32"
@@ -141,27 +146,51 @@ def _int8_table(pairs: list, predictors: dict, enc: timing.Rounds, embeddings: d
     print("\n" + timing.table(head + ["masks equal, int8 encoder + decoder: median / worst"], rows))
 
 
-def _parts(predictors: dict, embeddings: dict, image: np.ndarray, rounds: int) -> None:
-    """The static runtimes' decoder graph alone, and the numpy normalise + pad their encoders' input needs."""
-    from mobilesam.deploy.runtime import normalize_pad
+def _parts(predictors: dict, embeddings: dict, image: np.ndarray, rounds: int, reference: SamPredictor) -> None:
+    """The two halves of a decode, each static runtime's graph and the numpy upscaling of its 3 masks to the photo's
+    size, beside PyTorch's (prompt encoder + mask decoder; `postprocess_masks`); and the numpy normalise + pad
+    their encoders' input needs."""
+    from mobilesam.deploy.runtime import MASK_THRESHOLD, normalize_pad, upscale_masks
     from mobilesam.transforms import resize_image
 
     static = {k: p for k, p in predictors.items() if hasattr(p, "max_points")}
     if not static:
         return
     rows = []
+    point = np.array([[image.shape[1] * 0.4, image.shape[0] * 0.25]])
     for k, p in static.items():
         coords = np.zeros((1, p.max_points, 2), np.float32)
         labels = np.full((1, p.max_points), -1.0, np.float32)
-        labels[0, 0] = 1
+        coords[0, 0], labels[0, 0] = p.transform.apply_coords(point, image.shape[:2])[0], 1
         feats = embeddings[k].features
         graph = timing.repeat(lambda p=p, f=feats, c=coords, lab=labels: p._decode(f, c, lab), rounds)
-        rows.append([k, timing.seconds(statistics.median(graph))])
-    size = next(iter(static.values())).img_size
-    resized = np.asarray(resize_image(image, size))
-    pad = timing.repeat(lambda: normalize_pad(resized, size), rounds)
+        rows.append([f"{k}: decoder graph", timing.seconds(statistics.median(graph))])
+    p = next(iter(static.values()))
+    low = np.asarray(p._decode(embeddings[next(iter(static))].features, coords, labels)[0], np.float32)[0, 1:]
+    up = timing.repeat(lambda: upscale_masks(low, p.img_size, image.shape[:2], MASK_THRESHOLD), rounds)
+    rows.append(
+        [f"numpy upscaling of 3 masks to {image.shape[0]}x{image.shape[1]}", timing.seconds(statistics.median(up))]
+    )
+    with torch.no_grad():
+        sam = reference.model
+        pts = torch.as_tensor(reference.transform.apply_coords(point, image.shape[:2]), dtype=torch.float32)[None]
+        prompt = (pts, torch.ones(1, 1, dtype=torch.int64))
+
+        def torch_decoder() -> torch.Tensor:
+            sparse, dense = sam.prompt_encoder(prompt, None, None)
+            return sam.mask_decoder(reference.features, sam.prompt_encoder.get_dense_pe(), sparse, dense, True)[0]
+
+        dec = timing.repeat(torch_decoder, rounds)
+        low_t = torch_decoder()
+        post = timing.repeat(
+            lambda: sam.postprocess_masks(low_t, reference.input_size, reference.original_size, MASK_THRESHOLD), rounds
+        )
+    rows.append(["PyTorch: prompt encoder + mask decoder", timing.seconds(statistics.median(dec))])
+    rows.append(["PyTorch: postprocess_masks (3 masks)", timing.seconds(statistics.median(post))])
+    resized = np.asarray(resize_image(image, p.img_size))
+    pad = timing.repeat(lambda: normalize_pad(resized, p.img_size), rounds)
     rows.append(["numpy normalise + pad of the encoder input", timing.seconds(statistics.median(pad))])
-    print("\n" + timing.table(["static runtime: decoder graph alone (one point)", f"median of {rounds}"], rows))
+    print("\n" + timing.table(["the parts of a decode (one point to 3 masks)", f"median of {rounds}"], rows))
 
 
 def main(argv: list[str]) -> int:
@@ -260,5 +289,5 @@ def main(argv: list[str]) -> int:
     if int8:
         _int8_table(int8, predictors, enc, embeddings, prompts[warmup:])
     if args.parts:
-        _parts(predictors, embeddings, image, max(args.prompts, 1))
+        _parts(predictors, embeddings, image, max(args.prompts, 1), reference)
     return 0
