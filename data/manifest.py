@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilesam.files import write_json
+from mobilesam.variants import ALIASES
 
 from .codec import EMBED_DIM, ENCODINGS, PATCH, SCALE_KEY, as_bytes
 from .low_res import manifest_entry
@@ -187,7 +188,7 @@ def check_teacher(manifest: dict[str, Any], teacher: dict[str, Any], root: str |
     made = manifest.get("teacher") or {}
     ckpt = teacher.get("checkpoint")
     said = {
-        "variant": teacher.get("variant"),
+        "variant": ALIASES.get(teacher.get("variant"), teacher.get("variant")),  # as `describe_teacher` records it
         "checkpoint_sha256": checkpoint_sha256(ckpt)
         if ckpt and Path(ckpt).is_file()
         else "random"

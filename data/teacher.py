@@ -15,6 +15,7 @@ from torch import Tensor
 
 from mobilesam import Sam, build_sam
 from mobilesam.files import sha256_file
+from mobilesam.variants import ALIASES
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -34,7 +35,7 @@ def checkpoint_sha256(path: str | os.PathLike) -> str:
 def describe_teacher(variant: str, checkpoint: str | None, seed: int = 0) -> dict[str, Any]:
     """The manifest's record of a teacher: {"variant", "checkpoint", "checkpoint_sha256" (or "random"), "seed"}."""
     return {
-        "variant": variant,
+        "variant": ALIASES.get(variant, variant),  # one name per model: tiny_vit_5m is recorded as vit_t
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "checkpoint_sha256": "random" if checkpoint is None else checkpoint_sha256(checkpoint),
         "seed": seed if checkpoint is None else None,

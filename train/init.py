@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mobilesam.checkpoint import CheckpointError, load_state_dict
+from mobilesam.checkpoint import CheckpointError, load_state_dict, open_checkpoint
+from mobilesam.variants import ALIASES
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,17 @@ def _timm_weights(spec: str) -> dict[str, Tensor]:
     return timm.create_model(ref, pretrained=True).state_dict()
 
 
+def _holds(init: str) -> str:
+    """What a saved model that does not fit the student holds, and the `model/student=` that takes it ("" if the
+    file says nothing)."""
+    try:
+        variant = open_checkpoint(init).variant
+    except (CheckpointError, OSError, ValueError):
+        return ""
+    student = {v: k for k, v in ALIASES.items()}.get(variant, variant)
+    return f"; it holds {student} weights: set model/student={student}"
+
+
 def init_student(sam: nn.Module, init: str | None) -> list[str]:
     """Initialises `sam.image_encoder` in place.
 
@@ -120,14 +132,14 @@ def init_student(sam: nn.Module, init: str | None) -> list[str]:
         kind = "MobileSAM"
     unknown = [k for k in source if k not in own]
     if unknown:
-        raise CheckpointError(f"{init} ({kind}) has keys the student does not: {unknown[:8]}")
+        raise CheckpointError(f"{init} ({kind}) has keys the student does not: {unknown[:8]}{_holds(init)}")
     skipped = [k for k, v in source.items() if v.shape != own[k].shape]
     for k in skipped:  # e.g. a 21841-class ImageNet-22k head against the 1000-class slot
         source.pop(k)
     missing = [k for k in own if k not in source]
     structural = [k for k in missing if not k.startswith(("head.", "norm_head.", "neck."))]  # the neck is SAM's
     if structural:
-        raise CheckpointError(f"{init} ({kind}) lacks student weights: {structural[:8]}")
+        raise CheckpointError(f"{init} ({kind}) lacks student weights: {structural[:8]}{_holds(init)}")
     encoder.load_state_dict(source, strict=False)
     log.info("student initialised from %s (%s); left as initialised: %s", init, kind, missing + skipped or "none")
     return missing + skipped
