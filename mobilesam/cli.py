@@ -180,8 +180,8 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"img_size   {ckpt.img_size} (from {ckpt.img_size_from})")
     from .export import other_runtimes_hint
 
-    if other_runtimes_hint(ckpt.img_size):
-        print(f"note       {other_runtimes_hint(ckpt.img_size)}")
+    if other_runtimes_hint(ckpt.img_size, ckpt.variant):
+        print(f"note       {other_runtimes_hint(ckpt.img_size, ckpt.variant)}")
     try:
         model = build_from(ckpt)
     except CheckpointError as e:
@@ -279,7 +279,8 @@ def _run_export(args: argparse.Namespace) -> int:
         companions = [c for c in (path.with_suffix(x) for x in (fmt.suffixes[1:] if fmt else ())) if c.exists()]
         size = sum(disk_size(p) for p in (path, *companions)) / 2**20  # OpenVINO's weights are its `.bin`
         print(f"{role:<24}{path}{''.join(f' + {c.suffix}' for c in companions)} ({size:.1f} MiB)")
-    hint = other_runtimes_hint(json.loads(written["sidecar"].read_text())["img_size"])
+    meta = json.loads(written["sidecar"].read_text())
+    hint = other_runtimes_hint(meta["img_size"], meta.get("variant", "vit_t"))
     if hint:
         print(f"note: {hint}")
     return 0

@@ -125,9 +125,15 @@ def export(
     return written
 
 
-def other_runtimes_hint(img_size: int) -> str:
+def other_runtimes_hint(img_size: int, variant: str = "vit_t") -> str:
     """How to run a model of `img_size` in Ultralytics and the official MobileSAM code, which run at 1024 unless
-    told otherwise ("" at 1024)."""
+    told otherwise ("" at 1024); for a student they cannot build (any but TinyViT-5M), that they cannot."""
+    if variant not in WEIGHTS_NAMES:
+        return (
+            f"Ultralytics and the official MobileSAM code cannot build {variant} (they know SAM ViT-B/L/H and "
+            f"TinyViT-5M only): run it with mobilesam (SAM('{variant}.pt'), build_sam('auto', '{variant}.pt'), which "
+            "read the sidecar) or its exported files (mobilesam export --format ...)"
+        )
     if img_size == 1024:
         return ""
     return (
