@@ -201,7 +201,8 @@ def run_sensitivity(args: argparse.Namespace, model: torch.nn.Module, shards: Pa
     s = model.img_size
     images = [encoder_input(r, s) for r in records]
     calibration = read_calibration(shards, s, args.calibration_images)
-    everything, costs = sensitivity(model, images, calibration.images, progress=print)
+    units = args.units.split(",") if args.units else None
+    everything, costs = sensitivity(model, images, calibration.images, units=units, progress=print)
     timing.print_header(
         f"quantization --sensitivity: what int8 costs per block, {args.checkpoint} "
         f"at img_size {s}; {len(images)} held-out images; calibration: {calibration.source}"
@@ -225,6 +226,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sensitivity", action="store_true", help="the per-block report instead of the table")
+    ap.add_argument("--units", default="", help="--sensitivity: a comma list of encoder blocks (default: every one)")
     ap.add_argument(
         "--quick",
         action="store_true",

@@ -25,7 +25,7 @@ from .calibration import Calibration, generated_images, read_calibration
 from .formats import FORMATS, file_name
 from .interface import describe
 from .lowering import DECOMPOSITIONS, INT8_DECOMPOSITIONS, replace_layer_norms, xnnpack_encoder
-from .quantize import keep_float_for, ptq
+from .quantize import keep_float_for, own_layers, ptq
 from .static_decoder import DEFAULT_MAX_POINTS, StaticDecoder, example_inputs
 
 if TYPE_CHECKING:
@@ -122,7 +122,8 @@ def export_executorch(
         max_points: prompt points per object the decoder holds (a box takes two).
         verbose: print each program's delegation summary.
         calibration: the int8 calibration images (`calibration.read_calibration`); None: generated ones.
-        keep_float: keep `quantize.keep_float_for`'s layers (the layer norms) float; False quantizes all it can.
+        keep_float: keep `quantize.keep_float_for`'s layers (the layer norms) and the decoder's own ops float; False
+            quantizes all it can.
 
     Returns:
         Role ("encoder", "decoder", "encoder_int8", "decoder_int8") -> path, and file name -> its delegation
@@ -150,7 +151,9 @@ def export_executorch(
         }
         for role in ("encoder", "decoder"):
             kept = keep_float_for(modules[role]) if keep_float else []
-            q = ptq(modules[role], ex[role], calib[role], keep_float=kept)
+            # the decoder's own ops (prompt encoding, mask product) stay float (`quantize.own_layers`)
+            only = own_layers(modules[role]) if keep_float and role == "decoder" else None
+            q = ptq(modules[role], ex[role], calib[role], keep_float=kept, only=only)
             jobs.append((f"{role}_int8", q, PTE_INT8_NAMES[role]))
     out = Path(out_dir)
     staged: dict[str, tuple[bytes, Path]] = {}
@@ -205,5 +208,5 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     }
     if calibration is not None:
         info["int8_calibration"] = calibration.source
-        info["int8_float_layers"] = "layer norms (mobilesam.deploy.quantize.keep_float_for)"
+        info["int8_float_layers"] = "layer norms; the decoder's prompt encoding and mask product (deploy.quantize)"
     return pte, info

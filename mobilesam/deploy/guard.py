@@ -34,9 +34,11 @@ class Tolerance:
 TOLERANCES = {
     "fp32": Tolerance(embedding=1e-3, masks=0.999, difference=1e-2),
     "fp16": Tolerance(embedding=2e-2, masks=0.99, difference=0.25),
-    # a sanity bound: int8 quality is the benchmark table's business. Its noise can exceed the difference between
-    # two images of a random test model, so only the spread is checked there
-    "int8": Tolerance(embedding=0.25, masks=0.9, difference=None),
+    # int8 (ExecuTorch's static PTQ with float layer norms, ONNX's dynamic int8): measured 0.010 embedding error and
+    # 99% worst mask agreement on the trained demo student, ~0.04 error on random test models, whose int8 noise
+    # exceeds the difference between their two probe images (so only the spread is checked); the former all-int8
+    # PTQ on generated images (0.106 on the random test model) fails here
+    "int8": Tolerance(embedding=0.1, masks=0.95, difference=None),
 }
 SPREAD = 0.5
 INSTEAD = {

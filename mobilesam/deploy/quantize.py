@@ -78,6 +78,14 @@ def keep_float_for(model: nn.Module) -> list[str]:
     return [name for name, m in encoder.named_modules() if name not in ("", *unused) and isinstance(m, norms)]
 
 
+def own_layers(module: nn.Module) -> list[str]:
+    """The names of `module`'s children with weights: quantizing `only` these leaves the ops of its own `forward`
+    float. For the static decoder that is the prompts' positional encoding and the final mask product: int8 there
+    took the worst mask agreement of the export check on the demo student from 98.4% to 88% (the layers inside the
+    children cost little)."""
+    return [name for name, child in module.named_children() if _has_weights(child)]
+
+
 def ptq(
     module: nn.Module,
     args: tuple[Tensor, ...],
