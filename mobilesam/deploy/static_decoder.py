@@ -4,7 +4,11 @@ One object per call, a fixed number P of prompt points (a box is its two corners
 are padding, label -1), no mask input; out come the four low-resolution masks and their IoUs. The predictor
 upsamples (`mobilesam.deploy.runtime.upscale_masks`). Padding slots are masked out of every attention, so the
 result does not depend on P: it equals SAM's decoder on the unpadded prompt, including the "not a point" token
-SAM appends when there is no box (the graph appends it itself, masked when a box is present). Every op is a
+SAM appends when there is no box (the graph appends it itself, masked when a box is present). The attentions
+between the prompt tokens and the g*g image tokens are factored around the image tokens as the many-prompt path
+factors them (`StaticFactored`, `mobilesam.many_prompts`): no projection of the image tokens, a few large batched
+matmuls instead of many thin ones; and the final attention runs for the output tokens only (the IoU and mask
+tokens: nothing reads the prompt tokens after it). Every op is a
 linear layer, a batched matmul, a softmax, an elementwise op or a view, so XNNPACK takes the whole graph:
 labels become one-hot weights by arithmetic (relu(1 - |label - i|)) instead of comparisons, and the constants
 (positional grid, folded transposed-convolution weights) are computed once here. Its layer norms are
@@ -22,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modeling import Sam
-from ..modeling.transformer import Attend
+from ..modeling.transformer import Attend, Attention
 from .interface import static_shapes
 from .lowering import attention
 
@@ -55,12 +59,64 @@ def matmul_kernel(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tenso
     return attention(q, k, v, bias, q.shape[-1] ** -0.5)
 
 
+class StaticFactored(Attend):
+    """`many_prompts.Factored`'s image attentions for one prompt set, in ops every static runtime lowers.
+
+    The prompt tokens' self-attention is the plain path's (batched matmuls, `token_bias` masking the padding
+    slots). Against the 1xNxC image tokens (N = g*g), the T prompt tokens are projected back to C channels
+    through the image side's projection, head by head (HxTxC), so the image tokens are never projected: each
+    attention is two 1x(H*T)xCxN matmuls and a softmax (see `many_prompts` for the algebra). Where `Factored`
+    selects, works in place or broadcasts 4-D products, this writes views and 3-D `bmm`s, and adds the padding
+    mask to the image-to-token scores (padding tokens are keys there).
+    """
+
+    @staticmethod
+    def _sizes(attn: Attention, q: Tensor) -> tuple[int, int, int, int]:
+        """(T tokens, C channels, H heads, d per head) of an attention on 1xTxC tokens."""
+        _, t, c = q.shape
+        return t, c, attn.num_heads, attn.internal_dim // attn.num_heads
+
+    def token_to_image(self, attn: Attention, q: Tensor, keys: Tensor, k: Tensor) -> Tensor:
+        """`attn(q, k, keys)` for 1xTxC tokens q, 1xNxC image tokens `keys` and `k` = keys + key_pe -> 1xTxC."""
+        t, c, nh, d = self._sizes(attn, q)
+        qh = attn.q_proj(q).view(t, nh, d).transpose(0, 1)  # H x T x d
+        # q.(Wk x + bk) = (Wk^T q).x + q.bk: the last term is constant over the keys, so the softmax drops it
+        qt = torch.bmm(qh, attn.k_proj.weight.view(nh, d, c) * d**-0.5).view(1, nh * t, c)
+        probs = torch.softmax(torch.bmm(qt, k.transpose(1, 2)), dim=-1)  # 1 x HT x N
+        # softmax(s) (Wv x + bv) = (softmax(s) x) Wv^T + bv: attention rows sum to 1
+        mixed = torch.bmm(probs, keys).view(nh, t, c)
+        out = torch.bmm(mixed, attn.v_proj.weight.view(nh, d, c).transpose(1, 2)) + attn.v_proj.bias.view(nh, 1, d)
+        return attn.out_proj(out.transpose(0, 1).reshape(1, t, nh * d))  # H x T x d -> T x (H d)
+
+    def image_to_token(self, attn: Attention, keys: Tensor, k: Tensor, q: Tensor, v: Tensor) -> Tensor:
+        """`keys + attn(k, q, v)`: the 1xNxC image tokens (`k` with their encoding) attend to the 1xTxC tokens."""
+        t, c, nh, d = self._sizes(attn, q)
+        n = k.shape[1]
+        scale = d**-0.5
+        kh = attn.k_proj(q).view(t, nh, d).transpose(0, 1)  # H x T x d
+        # (Wq x + bq).kh = x.(Wq^T kh) + bq.kh: the image tokens meet the keys projected back to C channels
+        m = torch.bmm(kh, attn.q_proj.weight.view(nh, d, c) * scale).view(1, nh * t, c)
+        bias = torch.bmm(kh, attn.q_proj.bias.view(nh, d, 1) * scale).view(1, 1, nh, t)
+        if self.token_bias is not None:
+            bias = bias + self.token_bias.view(1, 1, 1, t)
+        # Softmax over the T tokens of each head: the last axis of 1 x N x H x T
+        probs = torch.softmax(torch.bmm(k, m.transpose(1, 2)).view(1, n, nh, t) + bias, dim=-1)
+        # out_proj(A V) = A (V Wo^T) + bo, with bo / H folded into each head's rows (each head's weights sum to 1)
+        vh = attn.v_proj(v).view(t, nh, d).transpose(0, 1)  # H x T x d
+        # (times a float: dividing by the int H leaves a scalar constant outside XNNPACK)
+        u = torch.bmm(vh, attn.out_proj.weight.view(c, nh, d).permute(1, 2, 0)) + attn.out_proj.bias * (1.0 / nh)
+        return keys + torch.bmm(probs.view(1, n, nh * t), u.view(1, nh * t, c))
+
+
 class StaticDecoder(nn.Module):
     """image_embeddings 1x256xgxg, point_coords 1xPx2, point_labels 1xP -> (1x4x4gx4g logits, 1x4 IoUs).
 
     Args:
         sam: the model whose prompt encoder and mask decoder are used (copied; the model is not changed).
         max_points: P, the prompt slots per object.
+        factored: the image attentions factored (`StaticFactored`; faster in ExecuTorch and OpenVINO); False keeps
+            them as projections of the image tokens and batched matmuls per head (faster in LiteRT, whose
+            XNNPACK delegate runs the factored graph's matmuls slower than its projections). The same numbers.
 
     Inputs:
         image_embeddings: 1x256xgxg float32 (g = img_size / 16), the encoder's output.
@@ -73,8 +129,9 @@ class StaticDecoder(nn.Module):
         iou_predictions: 1x4.
     """
 
-    def __init__(self, sam: Sam, max_points: int = DEFAULT_MAX_POINTS) -> None:
+    def __init__(self, sam: Sam, max_points: int = DEFAULT_MAX_POINTS, factored: bool = True) -> None:
         super().__init__()
+        self.factored = factored
         pe = sam.prompt_encoder
         dec = copy.deepcopy(sam.mask_decoder).eval()
         dec.requires_grad_(False)
@@ -143,10 +200,24 @@ class StaticDecoder(nn.Module):
         return masks.reshape(1, m, 4 * g, 4 * g)
 
     def two_way(self, image_embedding: Tensor, tokens: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-        """`TwoWayTransformer.forward` with `key_pe` as the image positional encoding, the padding tokens masked
-        wherever they are keys (`bias`, 1x1x1xT) and every attention as batched matmuls."""
+        """`TwoWayTransformer.run_tokens` with `key_pe` as the image positional encoding, the padding tokens masked
+        wherever they are keys (`bias`, 1x1x1xT) and the image attentions factored (`StaticFactored`).
+
+        Returns the 1x5xC output tokens (IoU, masks) after the final attention, which runs for them alone, and the
+        1x(g*g)xC image tokens (unfactored: every token, as `run_tokens`)."""
         keys = image_embedding.flatten(2).transpose(1, 2)  # BCHW -> B(HW)C
-        return self.transformer.run_tokens(tokens, keys, self.key_pe, Attend(matmul_kernel, token_bias=bias))
+        if not self.factored:
+            return self.transformer.run_tokens(tokens, keys, self.key_pe, Attend(matmul_kernel, token_bias=bias))
+        attend = StaticFactored(matmul_kernel, token_bias=bias)
+        queries = tokens
+        for layer in self.transformer.layers:
+            queries, keys = layer(queries, keys, tokens, self.key_pe, attend)
+        # Slices, not selects: the output tokens and their encoding (their own embeddings)
+        n = self.output_tokens.shape[1]
+        out, pe = queries[:, :n], tokens[:, :n]
+        k = attend.image_keys(keys, self.key_pe)
+        attn = attend.token_to_image(self.transformer.final_attn_token_to_image, out + pe, keys, k)
+        return self.transformer.norm_final_attn(out + attn), keys
 
     def forward(self, image_embeddings: Tensor, point_coords: Tensor, point_labels: Tensor) -> tuple[Tensor, Tensor]:
         sparse, bias = self.embed_points(point_coords, point_labels)
