@@ -8,8 +8,9 @@ SAM appends when there is no box (the graph appends it itself, masked when a box
 between the prompt tokens and the g*g image tokens are factored around the image tokens as the many-prompt path
 factors them (`StaticFactored`, `mobilesam.many_prompts`): no projection of the image tokens, a few large batched
 matmuls instead of many thin ones; and the final attention runs for the output tokens only (the IoU and mask
-tokens: nothing reads the prompt tokens after it). Every op is a
-linear layer, a batched matmul, a softmax, an elementwise op or a view, so XNNPACK takes the whole graph:
+tokens: nothing reads the prompt tokens after it). LiteRT's writer asks for the unfactored graph (`factored=False`),
+which its runtime runs faster (docs/speed.md). Every op is a linear layer, a batched matmul, a softmax, an
+elementwise op or a view, so XNNPACK takes the whole graph:
 labels become one-hot weights by arithmetic (relu(1 - |label - i|)) instead of comparisons, and the constants
 (positional grid, folded transposed-convolution weights) are computed once here. Its layer norms are
 `nn.LayerNorm`s: the ExecuTorch writer alone rewrites them as linear layers for XNNPACK
