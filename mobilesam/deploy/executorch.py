@@ -151,7 +151,7 @@ def export_executorch(
         }
         for role in ("encoder", "decoder"):
             kept = keep_float_for(modules[role]) if keep_float else []
-            # the decoder's own ops (prompt encoding, mask product) stay float (`quantize.own_layers`)
+            # the decoder's own ops (prompt encoding, mask product) and its transformer stay float (`own_layers`)
             only = own_layers(modules[role]) if keep_float and role == "decoder" else None
             q = ptq(modules[role], ex[role], calib[role], keep_float=kept, only=only)
             jobs.append((f"{role}_int8", q, PTE_INT8_NAMES[role]))
@@ -208,5 +208,5 @@ def write(model: Sam, out_dir: Path, options: ExportOptions) -> tuple[dict[str, 
     }
     if calibration is not None:
         info["int8_calibration"] = calibration.source
-        info["int8_float_layers"] = "layer norms; the decoder's prompt encoding and mask product (deploy.quantize)"
+        info["int8_float_layers"] = "layer norms; the decoder but its own module layers (deploy.quantize.own_layers)"
     return pte, info
