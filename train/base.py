@@ -161,15 +161,18 @@ class SamModule(L.LightningModule):
                 and not name.startswith(("image_encoder.head.", "image_encoder.norm_head."))
             )
 
-    def configure_optimizers(self) -> Any:
+    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: the trainable weights with `weight_decay`, norms and biases without."""
         decay, no_decay = [], []
         for name, p in self.sam.named_parameters():
             if p.requires_grad:
                 (no_decay if any(t in name for t in NO_DECAY) or p.ndim <= 1 else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self) -> Any:
         cfg = self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
         cfg = {k: v for k, v in cfg.items() if k != "_partial_"}
-        wd = cfg.get("weight_decay", 0.0)
-        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = self.parameter_groups(cfg.get("weight_decay", 0.0))
         optimizer = instantiate(cfg, _partial_=True)(groups)  # Hydra must not convert the parameter groups
         if not self.hparams.scheduler:
             return optimizer

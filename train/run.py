@@ -141,6 +141,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "objective": metrics.get("val/miou_point"),
     }
     if trainer.is_global_zero:
+        deploy = getattr(model, "deploy", None)  # a module that ends in deployment files (train.qat: int8 .pte)
+        if deploy is not None and export.path is not None:
+            result["deploy"] = deploy(out_dir, export.path)
         if cfg.get("predict_after") and export.path is not None:
             from .demo import predict_with
 
@@ -160,6 +163,8 @@ def _summary(result: dict[str, Any], trainer: L.Trainer, seconds: float) -> None
         f"  logs          {out / 'csv' / 'metrics.csv'}",
         f"  pictures      {out / 'pictures'}",
     ]
+    for role, path in (result.get("deploy") or {}).items():
+        lines.append(f"  {role:<14}{path}")
     if result.get("overlay"):
         lines.append(f"  prediction    {result['overlay']}")
     for k in sorted(result["metrics"]):
