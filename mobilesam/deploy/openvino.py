@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 SUFFIX, WEIGHTS_SUFFIX = FORMATS["openvino"].suffixes
 # IR op types kept in f32 in fp16 files: LayerNorm (MVN), attention (SDPA: QK^T, softmax, AV) and any bare softmax
-FP32_OPS = ("MVN", "ScaledDotProductAttention", "Softmax")
+# (the IR writes opset8's softmax as "SoftMax": the static decoder's factored image-to-token attentions have three)
+FP32_OPS = ("MVN", "ScaledDotProductAttention", "Softmax", "SoftMax")
 PRECISE = ("precise", "0")  # the IR name and version of OpenVINO's DisableFP16Compression runtime attribute
 FP16_NOTE = (
     "weights stored as float16 (compress_to_fp16); OpenVinoPredictor runs them with the CPU plugin's "
