@@ -8,6 +8,8 @@ real checkpoint for the recorded number):
 - student (vit_t at 1024) training step images/s in bf16: compile off/on, channels-last off/on;
 - loader samples/s (SA-1B-like shards, masks 0 and 16 from the stored low-resolution member) with N workers;
 - a stage-2 step (student forward + 16 boxes through the prompt encoder and mask decoder + both losses + backward);
+- each student of the zoo (`mobilesam.variants.STUDENTS`, last, after the estimate's parts): its bf16 distillation
+  step at 1024 in images/s and the step's peak GPU memory (`zoo_<name>`; --quick: efficientvit_b0 only);
 - the `distill_1pct` estimate: precompute + 8 epochs of stage 1 + 2 epochs of stage 2 over 112k images.
 Each part runs in its own try/except: a failure is printed and the rest goes on. Without CUDA it says so and exits
 0. `--quick` runs the same code on the CPU at tiny sizes (a smoke test of the code paths, not a measurement).
@@ -91,23 +93,9 @@ def part_teacher(c: Ctx) -> None:
 
 def _student_rate(c: Ctx, compile_: bool, channels_last: bool) -> float:
     """Images/s of one bf16 distillation step (forward, MSE, backward, AdamW) of the vit_t encoder."""
-    torch.manual_seed(0)
-    enc = build_sam("vit_t", img_size=c.img).image_encoder.to(c.device).train()
-    x = torch.randn(c.batch, 3, c.img, c.img, device=c.device)
-    if channels_last:
-        enc, x = enc.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    step_enc = torch.compile(enc) if compile_ else enc
-    opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
-    target = torch.randn(c.batch, 256, c.img // 16, c.img // 16, device=c.device)
+    from benchmarks.students import train_step
 
-    def step() -> None:
-        with torch.autocast(c.device.type, dtype=torch.bfloat16):
-            loss = F.mse_loss(step_enc(x).float(), target)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return c.timed(step, c.batch)
+    return c.timed(train_step("vit_t", c.img, c.batch, c.device, torch.bfloat16, compile_, channels_last), c.batch)
 
 
 def part_student(c: Ctx) -> None:
@@ -125,6 +113,29 @@ def part_student(c: Ctx) -> None:
                 print(f"{name}: {c.rates[name]:.1f} images/s (batch {c.batch})")
             except Exception as e:  # compile may fail where the rest works
                 print(f"{name}: FAILED: {type(e).__name__}: {e}")
+
+
+def part_students(c: Ctx) -> None:
+    """Each student of the zoo: images/s of its bf16 distillation step and the step's peak GPU memory."""
+    from benchmarks.students import QUICK_STUDENTS, train_step
+    from mobilesam.variants import STUDENTS
+
+    cuda = c.device.type == "cuda"
+    for name in QUICK_STUDENTS[-1:] if c.quick else STUDENTS:  # --quick: one timm student, the code path only
+        if c.left() < 20 and not c.quick:
+            print(f"zoo_{name}: skipped (budget)")
+            continue
+        try:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            c.rates[f"zoo_{name}"] = c.timed(train_step(name, c.img, c.batch, c.device, torch.bfloat16), c.batch)
+            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "n/a on the CPU"
+            print(f"zoo_{name}: {c.rates[f'zoo_{name}']:.3g} images/s (batch {c.batch}, bf16), peak memory {peak}")
+        except Exception as e:  # one student out of memory must not hide the others
+            print(f"zoo_{name}: FAILED: {type(e).__name__}: {e}")
+        finally:
+            if cuda:
+                torch.cuda.empty_cache()
 
 
 def _make_shards(root: Path, img: int, n: int) -> list:
@@ -245,6 +256,7 @@ def main(argv: list[str]) -> int:
         ("student", lambda: part_student(c)),
         ("loader", lambda: part_loader(c, args.workers)),
         ("stage2", lambda: part_stage2(c)),
+        ("students", lambda: part_students(c)),
     ]
     failed = []
     for part, fn in parts:

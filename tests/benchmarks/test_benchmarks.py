@@ -34,7 +34,7 @@ QUICK = {
     "finetune": (("lightning", "webdataset"), "Lightning and a teacher precompute (~20 s of CPU)"),
     "runtimes": (("onnxruntime", "onnxscript"), "an ONNX export with its check (~25 s of CPU)"),
     "quantization": (("executorch", "webdataset"), "an int8 quantization and two ExecuTorch lowerings"),
-    "students": (("onnxruntime", "onnxscript"), "an ONNX export of each student's encoder"),
+    "students": (("onnxruntime", "onnxscript"), "an ONNX export of each student and a training step (~25 s of CPU)"),
     "web": (("onnxruntime", "onnxscript", "selenium", "bin:chromium", "bin:chromedriver"), "a web export and Chromium"),
 }
 
@@ -163,3 +163,8 @@ def test_quick_mode_prints_medians_and_ratios(quick, name):
         assert [r["loader"] for r in first] == ["ours", "naive", "ours, masks from the RLE"]
     elif name == "batch":
         assert [r[""] for r in first] == ["batch_size=1", "batch_size=2"]
+    elif name == "students":
+        assert [r["student"] for r in first] == ["tiny_vit_5m", "repvit_m0_9", "efficientvit_b0"]
+        assert all(RATIO.search(r["ONNX Runtime"]) and float(r["rel. err"]) < 1e-4 for r in first), first
+        (train,) = found[1]  # one student's training step at 64
+        assert train["student"] == "efficientvit_b0" and float(train["images/s"]) > 0 and float(train["peak GiB"]) > 0.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,5 +35,7 @@ def test_quick_mode_runs_every_part_on_cpu():
     for line in ("teacher_bf16_folded:", "bf16 drift vs fp32:", "student_bf16_channels_last:", "loader_masks16:"):
         assert line in text, text[-3000:]
     assert "stage2 step" in text and "distill_1pct estimate (112000 images): teacher precompute" in text
+    for student in ("efficientvit_b0",):  # the zoo's part (all nine on a GPU)
+        assert re.search(rf"zoo_{student}: [\d.e-]+ images/s \(batch 1, bf16\), peak memory n/a", text), text[-3000:]
     assert "# machine: " in text and "threads: " in text and "measured: " in text
     assert "| teacher_fp32_folded | " in text  # the rates table
