@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +24,21 @@ class QuantizationError(ValueError):
     """A student the int8 XNNPACK path cannot take (refused before training)."""
 
 
-def keep_float(encoder: nn.Module) -> list[str]:
-    """The module names of `encoder` (an `xnnpack_encoder` copy) left in float: the quantizer's own default
-    (`mobilesam.deploy.quantize.keep_float_for`) where it exists, else every layer norm (int8 variances collapse to
-    0 and their reciprocal square root to inf: NaN from the first step, measured on the demo student)."""
-    from mobilesam.deploy import quantize
-
-    if hasattr(quantize, "keep_float_for"):
-        return list(quantize.keep_float_for(encoder))
-    from mobilesam.deploy.lowering import LinearLayerNorm
-
-    return [name for name, m in encoder.named_modules() if isinstance(m, (LinearLayerNorm, nn.LayerNorm))]
-
-
 def fake_quant_graph(encoder: nn.Module, img_size: int, batch: int = 2, dynamic: bool = True) -> nn.Module:
     """`torch.export` of the XNNPACK-friendly copy of `encoder` (BN folded, layer norms as linear layers), then
-    `prepare_qat_pt2e` with the project's one XNNPACK quantizer (qat=True). Returns the prepared graph (any batch
-    size when `dynamic`); its weights are trainable parameters."""
+    `prepare_qat_pt2e` with the project's one XNNPACK quantizer (qat=True; the modules `keep_float_for` names stay
+    float, as in post-training int8). Returns the prepared graph (any batch size when `dynamic`); its weights are
+    trainable parameters."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     from mobilesam.deploy.lowering import xnnpack_encoder
-    from mobilesam.deploy.quantize import xnnpack_quantizer
+    from mobilesam.deploy.quantize import keep_float_for, xnnpack_quantizer
 
     enc = xnnpack_encoder(encoder)
     example = (torch.randn(batch, 3, img_size, img_size),)
     shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic else None
     graph = torch.export.export(enc, example, dynamic_shapes=shapes).module()
-    prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(qat=True, keep_float=keep_float(enc)))
+    prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(qat=True, keep_float=keep_float_for(enc)))
     for p in prepared.parameters():
         p.requires_grad_(True)
     return prepared
@@ -216,6 +205,14 @@ class QatModule(SamModule):
     def on_validation_end(self) -> None:
         self.qat.train()
         self.qat.observe(not self._observers_frozen())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The saved state dict is a plain dict without `_metadata`: torch.ao's observers read a missing version as
+        # their first format and reset `eps` to its default (the XNNPACK weight observers' is 2**-12). Give the
+        # load the live module's versions, so that every buffer comes back as it was saved
+        state = OrderedDict(checkpoint["state_dict"])
+        state._metadata = self.state_dict()._metadata  # type: ignore[attr-defined]
+        checkpoint["state_dict"] = state
 
     # ------------------------------------------------------------------------------------------------ steps
     def student_embedding(self, batch: dict[str, Any]) -> Tensor:
