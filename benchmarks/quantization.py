@@ -7,7 +7,7 @@ teacher embeddings and the protocol's prompts; calibration reads the first shard
 - `float`: the fp32 ExecuTorch encoder (XNNPACK);
 - `PTQ int8, as before`: every layer XNNPACK's quantizer takes in int8, calibrated on 4 generated images;
 - `PTQ int8, better`: calibrated on real shard images, layer norms float (`quantize.keep_float_for`);
-- `QAT int8`: the `encoder_int8.pte` given with `--qat PATH`.
+- `QAT int8`: each `encoder_int8.pte` given with `--qat [LABEL=]PATH` (repeatable; LABEL names the row).
 
 Columns: file size, encoder latency (ExecuTorch, interleaved rounds, the same threads) and its ratio to float,
 relative embedding error (||a - b|| / ||b||, the export check's) against the float model and against the teacher,
@@ -151,8 +151,9 @@ def run_table(args: argparse.Namespace, model: torch.nn.Module, shards: Path, re
             paths[name] = Path(tmp) / f"{len(paths)}.pte"
             paths[name].write_bytes(data)
             print(f"# {name}: heavy ops left to portable kernels: {left or 'none'}")
-        if args.qat:
-            paths["QAT int8"] = Path(args.qat)
+        for item in args.qat:
+            label, _, path = item.rpartition("=")
+            paths[f"QAT int8, {label}" if label else "QAT int8"] = Path(path)
         methods = {name: Runtime.get().load_program(p).load_method("forward") for name, p in paths.items()}
         sizes = {name: p.stat().st_size / 2**20 for name, p in paths.items()}
 
@@ -219,7 +220,13 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks quantization", description=__doc__)
     ap.add_argument("--checkpoint", default=None, help=f"a trained student (default: the newest {DEMO})")
     ap.add_argument("--shards", default=None, help="its shards (default: the sidecar's manifest folder)")
-    ap.add_argument("--qat", default=None, help="a quantization-aware int8 encoder .pte to add as a row")
+    ap.add_argument(
+        "--qat",
+        action="append",
+        default=[],
+        metavar="[LABEL=]PATH",
+        help="a quantization-aware int8 encoder .pte to add as a row (repeat for several; LABEL names the row)",
+    )
     ap.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of the shards (as in training)")
     ap.add_argument("--images", type=int, default=10, help="held-out images, at most")
     ap.add_argument("--calibration-images", type=int, default=16)
