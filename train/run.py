@@ -164,7 +164,7 @@ def _summary(result: dict[str, Any], trainer: L.Trainer, seconds: float) -> None
         f"  pictures      {out / 'pictures'}",
     ]
     for role, path in (result.get("deploy") or {}).items():
-        lines.append(f"  {role:<14}{path}")
+        lines.append(f"  {role:<13} {path}")
     if result.get("overlay"):
         lines.append(f"  prediction    {result['overlay']}")
     for k in sorted(result["metrics"]):
