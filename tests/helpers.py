@@ -151,3 +151,16 @@ def remote_requests(browser) -> tuple[list[str], list[str]]:
         if '"Network.requestWillBeSent"' in e["message"]
     ]
     return urls, [u for u in urls if u.startswith(("http:", "https:", "ws:", "wss:")) and "//127.0.0.1:" not in u]
+
+
+def random_student_file(name: str, img_size: int, folder, seed: int = 0):  # noqa: ANN001
+    """A random SAM with student `name` at `img_size` (perturbed so its embedding depends on the image), saved as
+    the student's own weights file in `folder` beside the sidecar that names it; returns the path."""
+    from mobilesam import build_sam
+    from mobilesam.checkpoint import save_state_dict, student_meta, weights_name
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        sam = perturb_keeping_input_(build_sam(name, img_size=img_size), seed=seed + 1)
+    path = folder / weights_name(name)
+    return save_state_dict(sam.state_dict(), path, meta={"img_size": img_size, **student_meta(name)})

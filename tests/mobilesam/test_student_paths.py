@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mobilesam import SAM, SamAutomaticMaskGenerator, SamPredictor, build_sam
-from mobilesam.checkpoint import save_state_dict, student_meta, weights_name
 from mobilesam.cli import main
-from tests.helpers import perturb_keeping_input_
+from tests.helpers import random_student_file
 from tests.mobilesam.test_students import _one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 STUDENT = "repvit_m0_9"
@@ -23,11 +21,7 @@ EVERYTHING = {"points_per_side": 2, "pred_iou_thresh": 0, "stability_score_thres
 
 @pytest.fixture(scope="module")
 def student_file(tmp_path_factory: pytest.TempPathFactory):
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        sam = perturb_keeping_input_(build_sam(STUDENT, img_size=S), seed=1)
-    path = tmp_path_factory.mktemp("student") / weights_name(STUDENT)
-    return save_state_dict(sam.state_dict(), path, meta={"img_size": S, **student_meta(STUDENT)})
+    return random_student_file(STUDENT, S, tmp_path_factory.mktemp("student"), seed=0)
 
 
 @pytest.fixture(scope="module")

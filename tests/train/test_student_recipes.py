@@ -13,10 +13,10 @@ from hydra import compose, initialize_config_dir
 from data.synthetic_labels import labelled_samples, write_labelled_dataset
 from evaluation.evaluate import run as run_evaluation
 from mobilesam import build_sam
-from mobilesam.checkpoint import save_state_dict, student_meta, weights_name
+from mobilesam.checkpoint import save_state_dict
 from mobilesam.files import sha256_file
 from mobilesam.protocol import PROMPT_TYPES
-from tests.helpers import perturb_keeping_input_
+from tests.helpers import random_student_file
 from tests.mobilesam.test_students import _one_thread  # noqa: F401 (autouse: one intra-op thread)
 from tests.train.conftest import CONFIGS, compose_train
 from tests.train.test_finetune_data import write_folder
@@ -29,11 +29,7 @@ S = 128
 @pytest.fixture(scope="module")
 def student_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random RepViT-M0.9 SAM at 128 saved as the student's own file, beside the sidecar that names it."""
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        sam = perturb_keeping_input_(build_sam(STUDENT, img_size=S), seed=2)
-    path = tmp_path_factory.mktemp("student") / weights_name(STUDENT)
-    return save_state_dict(sam.state_dict(), path, meta={"img_size": S, **student_meta(STUDENT)})
+    return random_student_file(STUDENT, S, tmp_path_factory.mktemp("student"), seed=1)
 
 
 @pytest.fixture(scope="module")
